@@ -1,0 +1,36 @@
+# facesite: `make run` starts the whole local stack, `make test` runs every test.
+# Both create .venv and install everything the project needs from a fresh clone.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): requirements/*.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	# These two declare old torch/numpy/Pillow pins that would pull CUDA builds: no deps.
+	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) manage.py runstack
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/scaling.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,107 @@
+"""What the recognition app stores: the upload history and the enrolled gallery."""
+
+import uuid
+
+from django.db import models
+
+
+class UploadRequest(models.Model):
+    """One upload, from arrival to reply; completed by the response consumer."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "received"
+        STORED = "stored", "stored in S3"
+        QUEUED = "queued", "queued"
+        DONE = "done", "recognised"
+        NO_FACE = "no_face", "no face found"
+        FAILED = "failed", "failed"
+
+    FINAL_STATUSES = (Status.DONE, Status.NO_FACE, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    file_name = models.CharField(max_length=255, db_index=True)
+    s3_version = models.CharField(max_length=128, blank=True)
+    gallery_version = models.CharField(max_length=64, blank=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.RECEIVED, db_index=True
+    )
+    name = models.CharField(max_length=255, blank=True)
+    distance = models.FloatField(null=True, blank=True)
+    faces = models.PositiveIntegerField(null=True, blank=True)
+    reply_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    worker_instance_id = models.CharField(max_length=64, blank=True, db_index=True)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(db_index=True)
+    stored_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    replied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = "request"
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.status})"
+
+    @property
+    def stem(self) -> str:
+        return self.file_name.rsplit(".", 1)[0] if "." in self.file_name else self.file_name
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+
+class Identity(models.Model):
+    """A person in the gallery; the label is the enrolment folder's name."""
+
+    name = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "identities"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FaceSample(models.Model):
+    """One enrolled face: its embedding (float32 bytes), where it came from, what made it."""
+
+    identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="samples")
+    embedder = models.CharField(max_length=64)
+    embedding = models.BinaryField()
+    source_image = models.CharField(max_length=512)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["identity__name", "source_image"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["embedder", "source_image"], name="one_sample_per_image_and_embedder"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identity.name}: {self.source_image}"
+
+
+class GallerySnapshot(models.Model):
+    """A versioned, content-addressed export of the gallery that worker processes load."""
+
+    version = models.CharField(max_length=64, unique=True)
+    embedder = models.CharField(max_length=64, db_index=True)
+    identities = models.PositiveIntegerField()
+    samples = models.PositiveIntegerField()
+    data = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        get_latest_by = "created_at"
+
+    def __str__(self) -> str:
+        return f"{self.embedder} {self.version[:12]} ({self.identities} identities)"

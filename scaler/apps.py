@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ScalerConfig(AppConfig):
+    name = "scaler"
+    verbose_name = "Autoscaler"

@@ -1,0 +1,34 @@
+"""boto3 clients pointed at the configured AWS: the local emulator by default, real AWS when
+FACESITE_AWS_ENDPOINT is empty. Every module gets its clients here, so that switch is one place."""
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from django.conf import settings
+
+# Standard retry mode backs off on throttling; the pool is sized for many web threads sharing
+# one client (boto3 clients are thread-safe, sessions are not).
+_CONFIG = Config(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=64)
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def client(service: str) -> Any:
+    """A process-wide boto3 client for `service` ("s3", "sqs", "ec2", ...)."""
+    with _lock:
+        if service not in _clients:
+            _clients[service] = boto3.session.Session().client(
+                service,
+                endpoint_url=settings.AWS_ENDPOINT_URL,
+                region_name=settings.AWS_REGION,
+                config=_CONFIG,
+            )
+        return _clients[service]
+
+
+def reset_clients() -> None:
+    """Forget cached clients: after a fork, or when tests point settings at another endpoint."""
+    with _lock:
+        _clients.clear()

@@ -1,0 +1,145 @@
+"""The gallery in the database: FaceSample rows in, content-addressed GallerySnapshot rows out.
+
+FaceSample rows are the source of truth that enrolment edits; a GallerySnapshot is the frozen
+export of one embedder's samples (``Gallery.to_bytes``) that workers load. Its version is the
+gallery's content hash, so publishing the same content twice yields the same row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from recognition.gallery import Gallery
+from recognition.models import FaceSample, GallerySnapshot, Identity
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """An embedding ready to store: who it is, which image it came from."""
+
+    label: str
+    source: str
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+
+
+def embedding_to_bytes(embedding: np.ndarray) -> bytes:
+    return np.asarray(embedding, dtype="<f4").reshape(-1).tobytes()
+
+
+def embedding_from_bytes(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype="<f4")
+
+
+def save_samples(
+    embedder: str, samples: Sequence[NewSample], replace_labels: Iterable[str] = ()
+) -> SaveResult:
+    """Insert or update one FaceSample per (embedder, source), in one transaction.
+
+    ``replace_labels``: identities whose existing samples for this embedder are deleted first
+    (``enroll --replace``). Samples of other embedders are left alone: they cannot be recomputed
+    here, and each embedder's gallery is published separately.
+    """
+    with transaction.atomic():
+        removed, _ = FaceSample.objects.filter(
+            embedder=embedder, identity__name__in=list(replace_labels)
+        ).delete()
+
+        identities = {}
+        for label in sorted({sample.label for sample in samples}):
+            identities[label], _ = Identity.objects.get_or_create(name=label)
+        existing = {
+            row.source_image: row
+            for row in FaceSample.objects.filter(
+                embedder=embedder, source_image__in=[sample.source for sample in samples]
+            )
+        }
+
+        to_create, to_update, unchanged = [], [], 0
+        for sample in samples:
+            data = embedding_to_bytes(sample.embedding)
+            identity = identities[sample.label]
+            row = existing.get(sample.source)
+            if row is None:
+                to_create.append(
+                    FaceSample(
+                        identity=identity,
+                        embedder=embedder,
+                        embedding=data,
+                        source_image=sample.source,
+                    )
+                )
+            elif bytes(row.embedding) != data or row.identity_id != identity.pk:
+                row.embedding, row.identity = data, identity
+                to_update.append(row)
+            else:
+                unchanged += 1
+        FaceSample.objects.bulk_create(to_create)
+        FaceSample.objects.bulk_update(to_update, ["embedding", "identity"])
+    return SaveResult(len(to_create), len(to_update), unchanged, removed)
+
+
+def gallery_from_samples(embedder: str) -> Gallery:
+    """A Gallery of every FaceSample of this embedder, in a stable order (name, source)."""
+    rows = (
+        FaceSample.objects.filter(embedder=embedder)
+        .order_by("identity__name", "source_image")
+        .values_list("identity__name", "embedding")
+    )
+    labels, vectors = [], []
+    for name, data in rows.iterator():
+        labels.append(name)
+        vectors.append(embedding_from_bytes(data))
+    if not vectors:
+        return Gallery.empty(embedder)
+    return Gallery(embedder, labels, np.vstack(vectors))
+
+
+def publish_snapshot(embedder: str) -> tuple[GallerySnapshot, Gallery]:
+    """Export the embedder's samples as the newest snapshot; idempotent for unchanged content.
+
+    Publishing content that an older snapshot already holds (say, after ``enroll --replace`` put
+    the gallery back the way it was) makes that row the latest again instead of duplicating it.
+    """
+    gallery = gallery_from_samples(embedder)
+    with transaction.atomic():
+        snapshot, created = GallerySnapshot.objects.get_or_create(
+            version=gallery.version,
+            defaults={
+                "embedder": embedder,
+                "identities": len(gallery.identities),
+                "samples": len(gallery),
+                "data": gallery.to_bytes(),
+            },
+        )
+        latest = latest_snapshot(embedder)
+        if not created and latest is not None and latest.pk != snapshot.pk:
+            snapshot.created_at = timezone.now()
+            GallerySnapshot.objects.filter(pk=snapshot.pk).update(created_at=snapshot.created_at)
+    return snapshot, gallery
+
+
+def latest_snapshot(embedder: str) -> GallerySnapshot | None:
+    return GallerySnapshot.objects.filter(embedder=embedder).order_by("-created_at", "-pk").first()
+
+
+def snapshot_gallery(snapshot: GallerySnapshot) -> Gallery:
+    return Gallery.from_bytes(bytes(snapshot.data))
+
+
+def current_gallery(embedder: str) -> Gallery:
+    """The gallery workers serve: the latest snapshot's, or an empty one before any enrolment."""
+    snapshot = latest_snapshot(embedder)
+    return snapshot_gallery(snapshot) if snapshot is not None else Gallery.empty(embedder)

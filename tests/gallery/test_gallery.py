@@ -1,0 +1,231 @@
+"""Gallery: matching rule, threshold, top-k, ties, versions and the snapshot byte format."""
+
+import io
+import math
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from recognition.gallery import UNKNOWN, Candidate, Gallery, GalleryFormatError, Match
+
+
+def small_gallery() -> Gallery:
+    # Two samples of "bob" (one far from the other), one each of "alice" and "carol", in 2-D.
+    return Gallery(
+        "test",
+        ["bob", "alice", "bob", "carol"],
+        np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [0.0, 2.0]], dtype=np.float32),
+    )
+
+
+def test_nearest_identity_by_its_nearest_sample():
+    [match] = small_gallery().match(np.array([[0.1, 0.0]]), threshold=0.5)
+    assert match.name == "bob"
+    assert match.distance == pytest.approx(0.1)
+    assert match.is_known
+
+
+def test_beyond_threshold_is_unknown_but_candidates_remain():
+    [match] = small_gallery().match(np.array([[0.45, 0.3]]), threshold=0.5)
+    assert match.name == UNKNOWN
+    assert match.distance == pytest.approx(math.hypot(0.45, 0.3))
+    assert match.candidates[0].name == "bob"
+
+
+def test_threshold_is_inclusive():
+    [match] = small_gallery().match(np.array([[0.0, 0.5]]), threshold=0.5)
+    assert match.name == "bob"
+    assert match.distance == 0.5
+
+
+def test_top_k_lists_distinct_identities_nearest_first():
+    [match] = small_gallery().match(np.array([[0.2, 0.1]]), threshold=1.0, top_k=3)
+    assert [c.name for c in match.candidates] == ["bob", "alice", "carol"]
+    distances = [c.distance for c in match.candidates]
+    assert distances == sorted(distances)
+    assert distances[1] == pytest.approx(math.hypot(0.8, 0.1))
+    # bob's far sample never shows up as a second "bob" candidate
+    assert len({c.name for c in match.candidates}) == 3
+
+
+def test_top_k_is_capped_by_the_number_of_identities():
+    [match] = small_gallery().match(np.array([[0.0, 0.0]]), threshold=1.0, top_k=10)
+    assert len(match.candidates) == 3
+    [match] = small_gallery().match(np.array([[0.0, 0.0]]), threshold=1.0, top_k=1)
+    assert match.candidates == [Candidate("bob", 0.0)]
+
+
+def test_top_k_must_be_positive():
+    with pytest.raises(ValueError):
+        small_gallery().match(np.zeros((1, 2)), threshold=1.0, top_k=0)
+
+
+def test_ties_resolve_by_name_whatever_the_enrolment_order():
+    for labels in (["zed", "amy"], ["amy", "zed"]):
+        gallery = Gallery("test", labels, np.array([[1.0, 0.0], [-1.0, 0.0]]))
+        [match] = gallery.match(np.zeros((1, 2)), threshold=2.0)
+        assert match.name == "amy"
+        assert [c.name for c in match.candidates] == ["amy", "zed"]
+        assert match.candidates[0].distance == match.candidates[1].distance == 1.0
+
+
+def test_one_match_per_query_row_and_single_vector():
+    gallery = small_gallery()
+    matches = gallery.match(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [9.0, 9.0]]), 0.5)
+    assert [m.name for m in matches] == ["bob", "alice", "carol", UNKNOWN]
+    assert gallery.match(np.array([1.0, 0.0]), 0.5)[0].name == "alice"
+
+
+def test_identical_vectors_are_at_distance_zero():
+    # The expanded |q|^2 + |g|^2 - 2q.g form cancels badly for large norms; reported distances
+    # must still be exact.
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(scale=10.0, size=(50, 128)).astype(np.float32)
+    gallery = Gallery("test", [f"p{i}" for i in range(50)], embeddings)
+    matches = gallery.match(embeddings, threshold=1e-9)
+    assert [m.name for m in matches] == [f"p{i}" for i in range(50)]
+    assert all(m.distance == 0.0 for m in matches)
+
+
+def test_matches_brute_force_nearest_neighbour():
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(300, 16)).astype(np.float32)
+    labels = [f"id{i % 37}" for i in range(300)]
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    matches = Gallery("test", labels, embeddings).match(queries, threshold=np.inf, top_k=5)
+    for query, match in zip(queries, matches, strict=True):
+        distances = np.linalg.norm(embeddings.astype(np.float64) - query, axis=1)
+        best = {}
+        for label, distance in zip(labels, distances, strict=True):
+            best[label] = min(best.get(label, np.inf), distance)
+        expected = sorted(best.items(), key=lambda item: (item[1], item[0]))[:5]
+        assert [c.name for c in match.candidates] == [name for name, _ in expected]
+        assert [c.distance for c in match.candidates] == pytest.approx([d for _, d in expected])
+
+
+def test_empty_gallery_matches_nothing():
+    gallery = Gallery.empty("test")
+    assert len(gallery) == 0 and gallery.identities == ()
+    assert gallery.match(np.ones((2, 128)), threshold=10.0) == [
+        Match(UNKNOWN, math.inf, []),
+        Match(UNKNOWN, math.inf, []),
+    ]
+
+
+def test_query_dimension_must_match():
+    with pytest.raises(ValueError, match="dimensions"):
+        small_gallery().match(np.zeros((1, 3)), threshold=1.0)
+
+
+@pytest.mark.parametrize(
+    ("labels", "embeddings"),
+    [
+        (["a"], np.zeros((2, 2))),  # fewer labels than rows
+        (["a", ""], np.zeros((2, 2))),  # empty label
+        (["a"], np.zeros(2)),  # not 2-D
+        (["a"], np.array([[np.nan, 0.0]])),  # not finite
+    ],
+)
+def test_rejects_inconsistent_input(labels, embeddings):
+    with pytest.raises(ValueError):
+        Gallery("test", labels, embeddings)
+
+
+def test_attributes():
+    gallery = small_gallery()
+    assert gallery.embedder == "test"
+    assert gallery.identities == ("alice", "bob", "carol")
+    assert len(gallery) == 4
+    assert gallery.labels == ("alice", "bob", "bob", "carol")  # grouped by label, stable
+    assert gallery.embeddings.shape == (4, 2) and gallery.embeddings.dtype == np.float32
+    assert not gallery.embeddings.flags.writeable
+
+
+def test_version_is_a_content_hash():
+    version = small_gallery().version
+    assert len(version) == 64 and int(version, 16) >= 0
+    assert small_gallery().version == version
+    # Enrolment order of identities does not matter...
+    reordered = Gallery(
+        "test",
+        ["carol", "bob", "alice", "bob"],
+        np.array([[0.0, 2.0], [0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]),
+    )
+    assert reordered.version == version
+    # ...but the embedder, a label or a value does.
+    base = small_gallery()
+    assert Gallery("other", base.labels, base.embeddings).version != version
+    relabelled = Gallery("test", ["alice", "bob", "bob", "dave"], base.embeddings)
+    assert relabelled.version != version
+    nudged = base.embeddings.copy()
+    nudged[0, 0] += 1e-6
+    assert Gallery("test", base.labels, nudged).version != version
+
+
+def test_bytes_round_trip():
+    gallery = small_gallery()
+    restored = Gallery.from_bytes(gallery.to_bytes())
+    assert restored.version == gallery.version
+    assert restored.embedder == gallery.embedder
+    assert restored.labels == gallery.labels
+    np.testing.assert_array_equal(restored.embeddings, gallery.embeddings)
+    empty = Gallery.from_bytes(Gallery.empty("test").to_bytes())
+    assert len(empty) == 0 and empty.version == Gallery.empty("test").version
+
+
+def test_unicode_labels_round_trip():
+    gallery = Gallery("test", ["Zoë", "李"], np.eye(2))
+    assert Gallery.from_bytes(gallery.to_bytes()).labels == ("Zoë", "李")
+
+
+def _npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a readable"),
+        (b"not a gallery at all", "not a readable"),
+        (_npz(x=np.zeros(3)), "no facesite-gallery tag"),
+        (_npz(format=np.array("facesite-gallery"), format_version=np.array(99)), "version 99"),
+        (_npz(format=np.array("facesite-gallery"), format_version=np.array(1)), "not a readable"),
+        (  # a pickled field is refused, never unpickled
+            _npz(
+                format=np.array("facesite-gallery"),
+                format_version=np.array(1),
+                embedder=np.array([{"pickled": True}], dtype=object),
+            ),
+            "not a readable",
+        ),
+    ],
+)
+def test_from_bytes_rejects_other_formats(data, message):
+    with pytest.raises(GalleryFormatError, match=message):
+        Gallery.from_bytes(data)
+
+
+def test_from_bytes_rejects_a_truncated_snapshot():
+    data = small_gallery().to_bytes()
+    with pytest.raises(GalleryFormatError):
+        Gallery.from_bytes(data[: len(data) // 2])
+    assert zipfile.is_zipfile(io.BytesIO(data))
+
+
+def test_match_is_fast_on_ten_thousand_samples():
+    rng = np.random.default_rng(3)
+    gallery = Gallery(
+        "test",
+        [f"p{i % 2000}" for i in range(10_000)],
+        rng.normal(size=(10_000, 128)).astype(np.float32),
+    )
+    queries = rng.normal(size=(200, 128)).astype(np.float32)
+    gallery.match(queries[:1], threshold=0.6)  # warm-up
+    started = time.perf_counter()
+    gallery.match(queries, threshold=0.6)
+    per_face = (time.perf_counter() - started) / len(queries)
+    assert per_face < 1e-3, f"{per_face * 1e3:.2f} ms per face"

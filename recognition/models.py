@@ -28,6 +28,9 @@ class UploadRequest(models.Model):
     name = models.CharField(max_length=255, blank=True)
     distance = models.FloatField(null=True, blank=True)
     faces = models.PositiveIntegerField(null=True, blank=True)
+    # The status the worker's result asked for, and the one the client was actually sent (a
+    # 504 when the result came after the wait).
+    result_status = models.PositiveSmallIntegerField(null=True, blank=True)
     reply_status = models.PositiveSmallIntegerField(null=True, blank=True)
     worker_instance_id = models.CharField(max_length=64, blank=True, db_index=True)
     error = models.TextField(blank=True)

@@ -1,3 +1,8 @@
 from django.urls import path
 
-urlpatterns: list = []
+from recognition import views
+
+urlpatterns = [
+    path("", views.index, name="upload"),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,96 @@
+"""Read-only admin views: the request history and the enrolled gallery."""
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from recognition.models import FaceSample, GallerySnapshot, Identity, UploadRequest
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History is written by the pipeline only; the admin shows it."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UploadRequest)
+class UploadRequestAdmin(ReadOnlyAdmin):
+    list_display = (
+        "file_name",
+        "status",
+        "name",
+        "distance",
+        "reply_status",
+        "worker_instance_id",
+        "received_at",
+        "total_ms",
+    )
+    list_filter = ("status", "reply_status", "result_status", "worker_instance_id")
+    search_fields = ("id", "file_name", "name", "error")
+    date_hierarchy = "received_at"
+    fieldsets = (
+        (None, {"fields": ("id", "file_name", "status", "name", "distance", "faces", "error")}),
+        (
+            "Stages",
+            {
+                "fields": (
+                    "received_at",
+                    "stored_at",
+                    "queued_at",
+                    "started_at",
+                    "finished_at",
+                    "replied_at",
+                )
+            },
+        ),
+        (
+            "Where",
+            {
+                "fields": (
+                    "worker_instance_id",
+                    "s3_version",
+                    "gallery_version",
+                    "result_status",
+                    "reply_status",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="total (ms)")
+    def total_ms(self, row: UploadRequest) -> int | None:
+        end = row.replied_at or row.finished_at
+        return round((end - row.received_at).total_seconds() * 1000) if end else None
+
+
+class FaceSampleInline(admin.TabularInline):
+    model = FaceSample
+    fields = ("source_image", "embedder", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+
+@admin.register(Identity)
+class IdentityAdmin(admin.ModelAdmin):
+    list_display = ("name", "sample_count", "created_at")
+    search_fields = ("name",)
+    inlines = [FaceSampleInline]
+
+    @admin.display(description="samples")
+    def sample_count(self, identity: Identity) -> int:
+        return identity.samples.count()
+
+
+@admin.register(GallerySnapshot)
+class GallerySnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("version", "embedder", "identities", "samples", "created_at")
+    list_filter = ("embedder",)
+    exclude = ("data",)

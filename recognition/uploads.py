@@ -1,0 +1,126 @@
+"""An upload's journey through the web tier: validate, store in S3, queue, wait, answer.
+
+Every refusal is an `UploadRefused` with an HTTP status and one plain sentence; the view turns
+anything this module returns or raises into a text/plain reply.
+"""
+
+import json
+import logging
+import posixpath
+import threading
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from facesite import aws
+from recognition import snapshots
+from recognition.engine import ImageError, configured_embedder_name, load_image
+from recognition.gallery_store import latest_snapshot
+from recognition.models import UploadRequest
+from recognition.responses import waiters
+from recognition.tasks import file_stem, recognize_upload
+
+logger = logging.getLogger(__name__)
+
+# The file name travels in the task message twice JSON-escaped; this bounds its share of the
+# 1,024-byte request-queue budget (the rest is Celery's envelope, the ids and the versions).
+MAX_FILE_NAME_WIRE_BYTES = 300
+
+
+class UploadRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    text: str
+    request_id: str
+
+
+def clean_file_name(raw: str) -> str:
+    """The base name the client sent, checked to be a usable S3 key and to fit the message."""
+    name = posixpath.basename(raw.replace("\\", "/")).strip()
+    if not name or name in {".", ".."}:
+        raise UploadRefused(400, "The uploaded file has no name.")
+    if any(ord(char) < 32 for char in name):
+        raise UploadRefused(400, "The file name contains control characters.")
+    if len(json.dumps(json.dumps(name))) > MAX_FILE_NAME_WIRE_BYTES:
+        raise UploadRefused(400, "The file name is too long.")
+    return name
+
+
+def validate_image(data: bytes) -> None:
+    """Refuse what is not a whole, decodable image of a sane size before it reaches S3."""
+    try:
+        load_image(data, max_pixels=settings.FACESITE_MAX_PIXELS)
+    except ImageError as error:
+        raise UploadRefused(error.status, error.message) from error
+
+
+_gallery_lock = threading.Lock()
+
+
+def current_gallery_version() -> str:
+    """The newest gallery snapshot's version, published to S3 for the workers on first use."""
+    snapshot = latest_snapshot(configured_embedder_name())
+    if snapshot is None:
+        return ""
+    with _gallery_lock:
+        snapshots.publish(snapshot.version, bytes(snapshot.data))
+    return snapshot.version
+
+
+def handle_upload(file_name: str, data: bytes) -> Reply:
+    """Store, queue and wait for one validated upload; the history row follows each stage."""
+    row = UploadRequest.objects.create(file_name=file_name, received_at=timezone.now())
+    request_id = str(row.pk)
+    stored = aws.client("s3").put_object(Bucket=settings.INPUT_BUCKET, Key=file_name, Body=data)
+    row.s3_version = stored.get("VersionId") or ""
+    row.gallery_version = current_gallery_version()
+    row.stored_at = timezone.now()
+    row.status = UploadRequest.Status.STORED
+    row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
+
+    arrived = waiters.register(request_id)
+    try:
+        recognize_upload.apply_async(
+            args=(file_name, row.s3_version, row.gallery_version), task_id=request_id
+        )
+        UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
+            status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
+        )
+        # Waiting can take long: don't hold a database connection (and SQLite's file handles)
+        # through it.
+        connection.close()
+        arrived.wait(settings.FACESITE_REPLY_TIMEOUT)
+    finally:
+        waiters.discard(request_id)
+
+    row.refresh_from_db()
+    reply = reply_for(row)
+    UploadRequest.objects.filter(pk=row.pk).update(
+        replied_at=timezone.now(), reply_status=reply.status
+    )
+    return reply
+
+
+def reply_for(row: UploadRequest) -> Reply:
+    request_id = str(row.pk)
+    if row.status == UploadRequest.Status.DONE:
+        return Reply(200, f"{file_stem(row.file_name)}:{row.name}", request_id)
+    if row.status == UploadRequest.Status.NO_FACE:
+        return Reply(422, f"No face was found in {row.file_name}.", request_id)
+    if row.status == UploadRequest.Status.FAILED:
+        return Reply(row.result_status or 500, row.error or "Recognition failed.", request_id)
+    return Reply(
+        504,
+        f"{row.file_name} is still being recognised (request {request_id}); "
+        "its result will be recorded in the history when it arrives.",
+        request_id,
+    )

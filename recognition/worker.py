@@ -1,0 +1,140 @@
+"""The app-tier worker process: a Celery worker that runs one task at a time and stops its own
+EC2 instance when it is idle and the request queue is empty.
+
+On AWS the instance id comes from the instance metadata service; the local instance runner
+passes it in FACESITE_INSTANCE_ID. A worker started by hand has none and never self-stops.
+"""
+
+import functools
+import logging
+import os
+import threading
+import time
+import urllib.request
+
+from celery.signals import worker_ready, worker_shutting_down
+from django.conf import settings
+
+from facesite import aws
+
+logger = logging.getLogger(__name__)
+
+_busy = threading.Event()
+_stopping = threading.Event()
+
+
+def mark_busy() -> None:
+    _busy.set()
+
+
+def mark_idle() -> None:
+    _busy.clear()
+
+
+@functools.cache
+def instance_id() -> str:
+    """This worker's EC2 instance id, or "" when it runs outside an app-tier instance."""
+    configured = os.environ.get("FACESITE_INSTANCE_ID", "")
+    if configured or settings.AWS_ENDPOINT_URL:
+        return configured
+    return _instance_id_from_metadata()
+
+
+def _instance_id_from_metadata() -> str:
+    # IMDSv2: a session token first, then the id. Only reached on real AWS.
+    base = "http://169.254.169.254/latest"
+    try:
+        token_request = urllib.request.Request(
+            f"{base}/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"},
+        )
+        token = urllib.request.urlopen(token_request, timeout=2).read().decode()
+        id_request = urllib.request.Request(
+            f"{base}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
+        )
+        return urllib.request.urlopen(id_request, timeout=2).read().decode()
+    except OSError:
+        logger.warning("no instance metadata service: this worker will not stop its instance")
+        return ""
+
+
+def queue_is_empty() -> bool:
+    """Nothing visible and nothing in flight on the request queue."""
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=settings.REQUEST_QUEUE_URL,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]) == 0
+        and int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 0
+    )
+
+
+def self_stop_loop(instance: str, interval: float) -> None:
+    """Stop our own instance once we hold no task and the queue is empty.
+
+    Checked between tasks: a task's message stays in flight until it is acknowledged, so an
+    instance is never stopped while any worker holds work. A message that arrives during the
+    stop is finished by Celery's warm shutdown (SIGTERM) before the process exits.
+    """
+    while not _stopping.wait(interval):
+        if _busy.is_set():
+            continue
+        try:
+            if not queue_is_empty():
+                continue
+            aws.client("ec2").stop_instances(InstanceIds=[instance])
+        except Exception:
+            logger.exception("self-stop check failed; retrying")
+            continue
+        logger.info("queue empty and idle: stopping instance %s", instance)
+        return
+
+
+@worker_ready.connect
+def start_self_stop(**_: object) -> None:
+    instance = instance_id()
+    if not instance:
+        return
+    thread = threading.Thread(
+        target=self_stop_loop,
+        args=(instance, settings.FACESITE_SELF_STOP_INTERVAL),
+        name="self-stop",
+        daemon=True,
+    )
+    thread.start()
+
+
+@worker_shutting_down.connect
+def stop_self_stop(**_: object) -> None:
+    _stopping.set()
+
+
+def worker_argv(instance: str = "") -> list[str]:
+    """The Celery worker command line every app-tier process runs."""
+    node = instance or f"manual-{os.getpid()}"
+    return [
+        "worker",
+        "--pool=solo",  # one request at a time per instance: the course's contract
+        "--concurrency=1",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--queues={settings.REQUEST_QUEUE}",
+        f"--hostname={node}@%h",
+        f"--loglevel={settings.LOGGING['root']['level']}",
+    ]
+
+
+def run_worker(instance: str = "") -> None:
+    """Run the worker in this process until SIGTERM (warm shutdown) or SIGINT."""
+    from facesite.celery import app
+    from recognition.engine import get_engine
+
+    if instance:
+        os.environ["FACESITE_INSTANCE_ID"] = instance
+        instance_id.cache_clear()
+    # Load the models before consuming, so the first task doesn't pay for it.
+    get_engine()
+    app.worker_main(worker_argv(instance))

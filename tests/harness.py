@@ -1,0 +1,213 @@
+"""Real processes for end-to-end tests: a moto server, `manage.py` commands, Celery workers and
+gunicorn, each configured only through environment variables, as in production.
+
+Every stack gets its own prefix, database and log directory, so tests never touch a running
+`make run` (which owns ports 5000 and 8000) or each other.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class MotoServer:
+    """`moto_server` in a subprocess on a free loopback port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        wait_until(self._ready, 20, "moto server")
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(f"{self.endpoint}/moto-api/", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.log.close()
+
+
+class Stack:
+    """One facesite deployment (prefix + database) on a shared moto server."""
+
+    def __init__(self, moto: MotoServer, work_dir: Path, **settings: str) -> None:
+        self.moto = moto
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.work_dir = work_dir
+        self.log_dir = work_dir / "log"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = work_dir / "db.sqlite3"
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "facesite.settings",
+            "FACESITE_AWS_ENDPOINT": moto.endpoint,
+            "FACESITE_PREFIX": self.prefix,
+            "FACESITE_DB_PATH": str(self.db_path),
+            "FACESITE_VAR_DIR": str(work_dir),
+            "AWS_ACCESS_KEY_ID": "facesite-test",
+            "AWS_SECRET_ACCESS_KEY": "facesite-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+        self.processes: list[subprocess.Popen] = []
+        self.web_url = ""
+
+    # --- AWS as the tests see it --------------------------------------------------------------
+
+    def client(self, service: str):
+        return boto3.client(
+            service,
+            endpoint_url=self.moto.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="facesite-test",
+            aws_secret_access_key="facesite-test",
+        )
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}-{suffix}"
+
+    def queue_url(self, suffix: str) -> str:
+        return self.client("sqs").get_queue_url(QueueName=self.name(suffix))["QueueUrl"]
+
+    def queue_depth(self, suffix: str) -> tuple[int, int]:
+        attributes = self.client("sqs").get_queue_attributes(
+            QueueUrl=self.queue_url(suffix),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return (
+            int(attributes["ApproximateNumberOfMessages"]),
+            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+        )
+
+    def bucket_keys(self, suffix: str) -> list[str]:
+        listing = self.client("s3").list_objects_v2(Bucket=self.name(suffix))
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        with sqlite3.connect(self.db_path, timeout=30) as db:
+            return db.execute(sql, params).fetchall()
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def manage(
+        self, *args: str, timeout: float = 300, stdin: str | None = None
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO_DIR,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result
+
+    def spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen(
+            args,
+            cwd=REPO_DIR,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
+        worker = self.spawn(name, [sys.executable, "manage.py", "runworker"], **env)
+        wait_until(
+            lambda: b"ready." in (self.log_dir / f"{name}.log").read_bytes(), 60, f"{name} ready"
+        )
+        return worker
+
+    def start_web(self, name: str = "web", processes: int = 2, **env: str) -> str:
+        port = free_port()
+        self.spawn(
+            name,
+            [str(VENV_BIN / "gunicorn"), "-c", "facesite/gunicorn.py", "facesite.wsgi"],
+            FACESITE_BIND=f"127.0.0.1:{port}",
+            FACESITE_WEB_PROCESSES=str(processes),
+            **env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(url), 60, f"{name} healthy")
+        self.web_url = self.web_url or url
+        return url
+
+    def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            self.stop(process)
+        self.processes.clear()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def upload(url: str, path: Path, name: str | None = None, timeout: float = 120) -> requests.Response:
+    with open(path, "rb") as image:
+        return requests.post(
+            url, files={"inputFile": (name or path.name, image)}, timeout=timeout
+        )

@@ -40,9 +40,7 @@ def fleet(spec: str, first: int = 1) -> tuple[Instance, ...]:
         "x": State.SHUTTING_DOWN,
         "t": State.TERMINATED,
     }
-    return tuple(
-        Instance(f"i-{first + k:03d}", first + k, states[c]) for k, c in enumerate(spec)
-    )
+    return tuple(Instance(f"i-{first + k:03d}", first + k, states[c]) for k, c in enumerate(spec))
 
 
 def observe(now, visible=0, in_flight=0, instances=(), **kw) -> Observation:
@@ -63,7 +61,12 @@ def run(config, memory, *observations) -> Decision:
 def test_names_round_trip():
     assert instance_name(7) == "app-tier-instance-7"
     assert instance_number("app-tier-instance-12") == 12
-    for bad in ("app-tier-instance-", "app-tier-instance-0", "app-tier-instance-1x", "web-instance"):
+    for bad in (
+        "app-tier-instance-",
+        "app-tier-instance-0",
+        "app-tier-instance-1x",
+        "web-instance",
+    ):
         assert instance_number(bad) is None
 
 
@@ -99,13 +102,16 @@ def test_burst_from_nothing_launches_exactly_max_with_distinct_generations():
 
 def test_desired_is_ceil_of_work_over_per_instance_and_counts_in_flight():
     config = PolicyConfig(max_instances=15, requests_per_instance=4, warm_pool=0)
-    d = decide(observe(0, visible=5, in_flight=4, instances=fleet("s" * 10)), config, PolicyMemory())
+    d = decide(
+        observe(0, visible=5, in_flight=4, instances=fleet("s" * 10)), config, PolicyMemory()
+    )
     assert len(d.starts) == 3 and d.desired == 3
 
 
 def test_only_the_shortfall_is_started():
-    d = decide(observe(0, visible=3, in_flight=2, instances=fleet("rr" + "s" * 8)), CONFIG,
-               PolicyMemory())
+    d = decide(
+        observe(0, visible=3, in_flight=2, instances=fleet("rr" + "s" * 8)), CONFIG, PolicyMemory()
+    )
     assert d.starts == ("i-003", "i-004", "i-005")
 
 
@@ -116,8 +122,7 @@ def test_never_beyond_max_active():
 
 def test_never_beyond_max_instances_in_total():
     # 5 active, 10 stopping (not startable yet): the shortfall waits, nothing is launched.
-    d = decide(observe(0, visible=100, instances=fleet("rrrrr" + "-" * 10)), CONFIG,
-               PolicyMemory())
+    d = decide(observe(0, visible=100, instances=fleet("rrrrr" + "-" * 10)), CONFIG, PolicyMemory())
     assert d.actions == ()
 
 
@@ -247,15 +252,23 @@ def test_stale_work_counts_as_no_work():
 
 
 def test_a_stuck_instance_is_started_again_when_still_needed():
-    d = run(CONFIG, None, *(observe(t, visible=3, instances=fleet("rrr"),
-                                    last_work_at={"i-001": t, "i-002": t}) for t in range(31)))
+    d = run(
+        CONFIG,
+        None,
+        *(
+            observe(t, visible=3, instances=fleet("rrr"), last_work_at={"i-001": t, "i-002": t})
+            for t in range(31)
+        ),
+    )
     assert d.stops == ("i-003",)
     working = {"i-001": 31, "i-002": 31}
-    d = decide(observe(31, visible=3, instances=fleet("rr-"), last_work_at=working), CONFIG,
-               d.memory)
+    d = decide(
+        observe(31, visible=3, instances=fleet("rr-"), last_work_at=working), CONFIG, d.memory
+    )
     assert d.actions == ()  # stopping: wait for it, don't launch a fourth
-    d = decide(observe(32, visible=3, instances=fleet("rrs"), last_work_at=working), CONFIG,
-               d.memory)
+    d = decide(
+        observe(32, visible=3, instances=fleet("rrs"), last_work_at=working), CONFIG, d.memory
+    )
     assert d.starts == ("i-003",)
 
 
@@ -263,8 +276,9 @@ def test_no_stuck_verdict_unless_work_has_waited_for_stuck_after():
     memory = PolicyMemory()
     for t in range(60):  # visible flips to 0 every 20 s: the wait never lasts 30 s
         visible = 0 if t % 20 == 19 else 2
-        d = decide(observe(float(t), visible=visible, in_flight=1, instances=fleet("rrr")),
-                   CONFIG, memory)
+        d = decide(
+            observe(float(t), visible=visible, in_flight=1, instances=fleet("rrr")), CONFIG, memory
+        )
         assert d.actions == (), t
         memory = d.memory
 
@@ -281,9 +295,7 @@ def test_running_time_counts_from_when_the_scaler_saw_it_running():
         d = decide(observe(float(t), visible=1, instances=instances), CONFIG, memory)
         assert d.actions == (), t
         memory = d.memory
-    assert decide(observe(60.0, visible=1, instances=instances), CONFIG, memory).stops == (
-        "i-001",
-    )
+    assert decide(observe(60.0, visible=1, instances=instances), CONFIG, memory).stops == ("i-001",)
 
 
 def test_restart_gives_no_stuck_verdict_before_stuck_after():
@@ -316,8 +328,9 @@ def test_warm_pool_never_exceeds_max():
 
 def test_stopped_instances_beyond_the_pool_are_terminated_when_idle():
     config = PolicyConfig(max_instances=15, warm_pool=3)
-    d = run(config, None, observe(0.0, instances=fleet("s" * 6)),
-            observe(2.0, instances=fleet("s" * 6)))
+    d = run(
+        config, None, observe(0.0, instances=fleet("s" * 6)), observe(2.0, instances=fleet("s" * 6))
+    )
     assert d.terminates == ("i-006", "i-005", "i-004")
     # ... but never while there is work.
     busy = decide(observe(0.0, visible=1, instances=fleet("r" + "s" * 6)), config, PolicyMemory())
@@ -360,8 +373,11 @@ def test_unknown_launch_is_retried_with_the_same_token_never_a_new_one():
         (a.name, a.generation, True) for a in first
     ]
     # Once one shows up, only the other is retried (the backoff has grown).
-    d = decide(observe(0.5, visible=2, instances=fleet("p"), outcomes=outcomes(d, Result.UNKNOWN)),
-               CONFIG, d.memory)
+    d = decide(
+        observe(0.5, visible=2, instances=fleet("p"), outcomes=outcomes(d, Result.UNKNOWN)),
+        CONFIG,
+        d.memory,
+    )
     assert d.actions == ()
     d = decide(observe(1.6, visible=2, instances=fleet("r")), CONFIG, d.memory)
     assert [(a.name, a.generation, a.retry) for a in d.actions] == [
@@ -398,8 +414,11 @@ def test_failing_starts_back_off_without_launching_replacements():
     instances = fleet("sss")
     d = decide(observe(0.0, visible=3, instances=instances), CONFIG, PolicyMemory())
     for now in (0.25, 0.5):
-        d = decide(observe(now, visible=3, instances=instances,
-                           outcomes=outcomes(d, Result.FAILED)), CONFIG, d.memory)
+        d = decide(
+            observe(now, visible=3, instances=instances, outcomes=outcomes(d, Result.FAILED)),
+            CONFIG,
+            d.memory,
+        )
     assert d.actions == ()  # backing off, and the stopped instances are not replaced
     d = decide(observe(1.5, visible=3, instances=instances), CONFIG, d.memory)
     assert len(d.starts) == 3
@@ -407,10 +426,16 @@ def test_failing_starts_back_off_without_launching_replacements():
 
 def test_a_success_resets_the_backoff():
     d = decide(observe(0.0, visible=1, instances=fleet("s")), CONFIG, PolicyMemory())
-    d = decide(observe(0.25, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.FAILED)),
-               CONFIG, d.memory)
-    d = decide(observe(0.5, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.OK)),
-               CONFIG, d.memory)
+    d = decide(
+        observe(0.25, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.FAILED)),
+        CONFIG,
+        d.memory,
+    )
+    d = decide(
+        observe(0.5, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.OK)),
+        CONFIG,
+        d.memory,
+    )
     assert d.memory.failures == {} and d.memory.retry_at == {}
 
 
@@ -477,8 +502,11 @@ class Simulation:
             new_id = f"i-{len(self.tokens):04d}"
             self.tokens[token] = new_id
             self.instances[new_id] = SimInstance(
-                new_id, instance_number(action.name), State.PENDING,
-                now + rng.uniform(0, 2), dead=rng.random() < 0.1,
+                new_id,
+                instance_number(action.name),
+                State.PENDING,
+                now + rng.uniform(0, 2),
+                dead=rng.random() < 0.1,
             )
             return
         instance = self.instances[action.instance_id]

@@ -1,0 +1,99 @@
+"""The app-tier boot script: the EC2 user data every worker instance is launched with.
+
+It writes the worker's configuration to an environment file and starts the systemd unit that
+runs `manage.py runworker` (the unit is baked into the AMI by `manage.py buildami`). It carries
+configuration only, never a credential: on AWS the worker takes its credentials from the
+instance profile. The local instance runner reads the same script back with `parse_user_data`.
+"""
+
+import re
+
+from django.conf import settings
+
+ENV_FILE = "/etc/facesite/worker.env"
+WORKER_UNIT = "facesite-worker.service"
+# EC2 refuses user data above 16 KB (before base64).
+USER_DATA_LIMIT = 16 * 1024
+
+# The environment travels in a quoted heredoc: bash expands nothing inside it, and the same
+# KEY=value lines are a valid systemd EnvironmentFile.
+_HEREDOC_END = "FACESITE_ENV"
+_HEREDOC_START = f"cat > {ENV_FILE} <<'{_HEREDOC_END}'"
+_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
+# No quotes, spaces, backslashes or `$`: systemd would interpret them, bash and our parser
+# would not, and the three must agree on every value.
+_VALUE = re.compile(r"[A-Za-z0-9_.,:/@%+=~-]*")
+
+
+def worker_environment() -> dict[str, str]:
+    """The settings a worker needs, as environment variables, taken from this process's
+    settings so workers run with the configuration of the scaler that launches them."""
+    return {
+        "FACESITE_PREFIX": settings.FACESITE_PREFIX,
+        "AWS_DEFAULT_REGION": settings.AWS_REGION,
+        "FACESITE_AWS_ACCOUNT_ID": settings.FACESITE_AWS_ACCOUNT_ID,
+        # Always written: unset means "the local emulator" to facesite.settings, so real AWS
+        # must be spelled as the empty value.
+        "FACESITE_AWS_ENDPOINT": settings.AWS_ENDPOINT_URL or "",
+        # One request at a time per instance, so one torch thread: more would only contend.
+        "FACESITE_ENGINE_THREADS": "1",
+        "FACESITE_EMBEDDER": settings.FACESITE_EMBEDDER,
+        "FACESITE_MATCH_THRESHOLD": settings.FACESITE_MATCH_THRESHOLD,
+        "FACESITE_TOP_K": str(settings.FACESITE_TOP_K),
+        "FACESITE_MAX_PIXELS": str(settings.FACESITE_MAX_PIXELS),
+        "FACESITE_DETECT_MAX_SIDE": str(settings.FACESITE_DETECT_MAX_SIDE),
+        "FACESITE_LOG_LEVEL": settings.LOGGING["root"]["level"],
+        "FACESITE_VISIBILITY_TIMEOUT": str(settings.REQUEST_VISIBILITY_TIMEOUT),
+        "FACESITE_SQS_WAIT_SECONDS": str(settings.FACESITE_SQS_WAIT_SECONDS),
+        "FACESITE_SELF_STOP_INTERVAL": str(settings.FACESITE_SELF_STOP_INTERVAL),
+    }
+
+
+def render_boot_script(environment: dict[str, str]) -> str:
+    """The boot script for `environment`; refuses what the env file could not carry exactly."""
+    lines = []
+    for key, value in environment.items():
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"not an environment variable name: {key!r}")
+        if not _VALUE.fullmatch(value):
+            raise ValueError(f"{key}={value!r}: the worker env file cannot carry this value")
+        lines.append(f"{key}={value}")
+    env_lines = "\n".join(lines)
+    script = f"""#!/bin/bash
+# facesite app-tier boot script (EC2 user data), rendered by ami/bootscript.py.
+# Configuration only: the worker's AWS credentials come from the instance profile.
+set -euo pipefail
+install -d -m 0755 /etc/facesite
+{_HEREDOC_START}
+{env_lines}
+{_HEREDOC_END}
+chmod 0644 {ENV_FILE}
+# enable: the worker also starts on every later boot (a stopped instance that is started again).
+# --no-block: cloud-init runs this from a unit of its own; never wait on another unit's start.
+systemctl enable --now --no-block {WORKER_UNIT}
+"""
+    if len(script.encode()) > USER_DATA_LIMIT:
+        raise ValueError(f"the boot script is {len(script.encode())} bytes, over EC2's 16 KB")
+    return script
+
+
+def worker_user_data() -> str:
+    """The user data the scaler launches app-tier instances with."""
+    return render_boot_script(worker_environment())
+
+
+def parse_user_data(script: str) -> dict[str, str]:
+    """The worker environment a boot script writes: the inverse of `render_boot_script`."""
+    lines = script.splitlines()
+    try:
+        start = lines.index(_HEREDOC_START)
+        end = lines.index(_HEREDOC_END, start + 1)
+    except ValueError:
+        raise ValueError("not a facesite boot script: no worker environment in it") from None
+    environment: dict[str, str] = {}
+    for line in lines[start + 1 : end]:
+        key, separator, value = line.partition("=")
+        if not separator or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
+            raise ValueError(f"malformed line in the worker environment: {line!r}")
+        environment[key] = value
+    return environment

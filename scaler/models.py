@@ -1,0 +1,68 @@
+"""What the scaler records: the actions it took (and failed to take), and the fleet as it last
+saw it. Neither drives a decision: every tick reconciles from EC2's tags, never from these."""
+
+from django.db import models
+
+
+class ScalingEvent(models.Model):
+    """One kind of action taken in one tick for one reason, or an error the loop survived."""
+
+    class Action(models.TextChoices):
+        START = "start", "start"
+        LAUNCH = "launch", "launch"
+        STOP = "stop", "stop"
+        TERMINATE = "terminate", "terminate"
+        ERROR = "error", "error"
+
+    class Result(models.TextChoices):
+        OK = "ok", "ok"
+        FAILED = "failed", "failed"
+        UNKNOWN = "unknown", "unknown (no answer)"
+
+    at = models.DateTimeField(db_index=True)
+    action = models.CharField(max_length=16, choices=Action.choices, db_index=True)
+    result = models.CharField(max_length=16, choices=Result.choices, blank=True, db_index=True)
+    # Space-separated: a handful per row, searchable in the admin.
+    instance_ids = models.TextField(blank=True)
+    instance_names = models.TextField(blank=True)
+    reason = models.TextField()
+    detail = models.TextField(blank=True)  # the API's error, when there was one
+    # What the scaler saw when it decided (null: that part could not be read).
+    visible = models.PositiveIntegerField(null=True, blank=True)
+    in_flight = models.PositiveIntegerField(null=True, blank=True)
+    running = models.PositiveIntegerField(null=True, blank=True)
+    pending = models.PositiveIntegerField(null=True, blank=True)
+    stopped = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.instance_names or self.instance_ids}".strip()
+
+
+class FleetInstance(models.Model):
+    """An app-tier instance as the scaler last observed it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        STOPPING = "stopping", "stopping"
+        STOPPED = "stopped", "stopped"
+        SHUTTING_DOWN = "shutting-down", "shutting down"
+        TERMINATED = "terminated", "terminated"
+
+    instance_id = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=64, db_index=True)
+    number = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, db_index=True)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    state_since = models.DateTimeField()  # when the scaler first saw the current state
+    # Refreshed with every change and at least once a minute, not every tick.
+    last_observed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["number", "instance_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.instance_id}, {self.state})"

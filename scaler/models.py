@@ -52,7 +52,7 @@ class FleetInstance(models.Model):
         SHUTTING_DOWN = "shutting-down", "shutting down"
         TERMINATED = "terminated", "terminated"
 
-    instance_id = models.CharField(max_length=32, unique=True)
+    instance_id = models.CharField(max_length=32, primary_key=True)
     name = models.CharField(max_length=64, db_index=True)
     number = models.PositiveSmallIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, db_index=True)

@@ -115,7 +115,7 @@ class Outcome:
 
     action: Action
     result: Result
-    detail: str = ""
+    detail: str = ""  # the error; for a successful launch, the new instance's id
 
 
 @dataclass(frozen=True)

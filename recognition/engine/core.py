@@ -1,0 +1,198 @@
+"""The engine: one object that turns a photo into recognised faces, shared by every caller
+(workers, the enroll/recognize/evaluate commands, tests, benchmarks).
+
+Pipeline: decode (imaging) -> detect (MTCNN, on a bounded-size copy) -> prepare each face for
+the embedder (align or crop, at full resolution) -> embed all faces of the image in one batch
+-> match against a gallery.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .detection import FaceDetector
+from .embedders import Embedder, load_embedder
+from .imaging import ImageSource, load_image, prepare_image
+from .results import Face, FaceResult, Recognition
+
+if TYPE_CHECKING:
+    from recognition.gallery import Gallery
+
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_DETECT_MAX_SIDE = 1280
+DEFAULT_TOP_K = 3
+
+
+class Engine:
+    """Detect, embed and match faces. Thread-safe: it holds no per-call state, and inference
+    runs under torch.inference_mode(), so one engine can serve concurrent requests."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        embedder: Embedder,
+        threshold: float | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.detector = detector
+        self.embedder = embedder
+        self.embedder_name: str = embedder.name
+        self.threshold: float = embedder.default_threshold if threshold is None else threshold
+        self.top_k: int = top_k
+        self.max_pixels: int = max_pixels
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.embedder_name} threshold={self.threshold} top_k={self.top_k}>"
+
+    def faces(self, image: Image.Image) -> list[Face]:
+        """Every face in ``image`` (an RGB PIL image), largest first, each with its embedding."""
+        return self._faces(image, {})
+
+    def embed_image(self, source: ImageSource | Image.Image) -> list[Face]:
+        """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it."""
+        return self._faces(self._decode(source), {})
+
+    def recognize(
+        self,
+        source: ImageSource | Image.Image,
+        gallery: Gallery,
+        top_k: int | None = None,
+    ) -> Recognition:
+        """Decode, find and embed every face, and match each against ``gallery``. The answer
+        (``name``, ``distance``) is the match of the largest face."""
+        if gallery.embedder != self.embedder_name:
+            # Distances between two networks' embeddings mean nothing: refuse, don't guess.
+            raise ValueError(
+                f"the gallery holds {gallery.embedder} embeddings, this engine makes "
+                f"{self.embedder_name} embeddings"
+            )
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        image = self._decode(source)
+        timings["decode"] = time.perf_counter() - started
+        faces = self._faces(image, timings)
+
+        matched = time.perf_counter()
+        results: list[FaceResult] = []
+        if faces:
+            matches = gallery.match(
+                np.stack([face.embedding for face in faces]),
+                self.threshold,
+                self.top_k if top_k is None else top_k,
+            )
+            results = [FaceResult(face, match) for face, match in zip(faces, matches, strict=True)]
+        timings["match"] = time.perf_counter() - matched
+        timings["total"] = time.perf_counter() - started
+        largest = results[0].match if results else None
+        return Recognition(
+            faces=results,
+            name=largest.name if largest else None,
+            distance=largest.distance if largest else None,
+            timings=timings,
+        )
+
+    def _decode(self, source: ImageSource | Image.Image) -> Image.Image:
+        if isinstance(source, Image.Image):
+            return prepare_image(source, self.max_pixels)
+        return load_image(source, self.max_pixels)
+
+    def _faces(self, image: Image.Image, timings: dict[str, float]) -> list[Face]:
+        """faces(), recording detect/align/embed seconds into ``timings``."""
+        with torch.inference_mode():
+            started = time.perf_counter()
+            detections = self.detector.detect(image)
+            detected = time.perf_counter()
+            chips = [self.embedder.prepare(image, detection) for detection in detections]
+            aligned = time.perf_counter()
+            embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, 0))
+            embedded = time.perf_counter()
+        timings.update(
+            detect=detected - started, align=aligned - detected, embed=embedded - aligned
+        )
+        faces = []
+        for detection, embedding in zip(detections, embeddings, strict=True):
+            landmarks = detection.landmarks.copy()
+            landmarks.setflags(write=False)
+            embedding = np.array(embedding, dtype=np.float32)
+            embedding.setflags(write=False)
+            faces.append(
+                Face(
+                    box=tuple(float(v) for v in detection.box),  # type: ignore[arg-type]
+                    probability=detection.probability,
+                    landmarks=landmarks,
+                    embedding=embedding,
+                )
+            )
+        return faces
+
+
+def load_engine(
+    embedder: str = "dlib",
+    *,
+    threshold: float | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    detect_max_side: int = DEFAULT_DETECT_MAX_SIDE,
+    threads: int = 0,
+) -> Engine:
+    """Build a new engine (models loaded now). ``embedder`` is a FACESITE_EMBEDDER value;
+    ``threshold`` None means the embedder's default; ``threads`` > 0 sets torch's intra-op
+    thread count for the whole process (torch has no per-model setting)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    embedder_model = load_embedder(embedder)
+    return Engine(
+        FaceDetector(detect_max_side),
+        embedder_model,
+        threshold=threshold,
+        top_k=top_k,
+        max_pixels=max_pixels,
+    )
+
+
+_engine: Engine | None = None
+# Guards the first load only: callers on several threads must not load the models twice.
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """The process's engine, built from Django settings on first use."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = _engine_from_settings()
+    return _engine
+
+
+def _engine_from_settings() -> Engine:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = str(settings.FACESITE_MATCH_THRESHOLD).strip()
+    try:
+        threshold = float(raw) if raw else None
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"FACESITE_MATCH_THRESHOLD must be a number or empty, got {raw!r}"
+        ) from None
+    try:
+        return load_engine(
+            settings.FACESITE_EMBEDDER,
+            threshold=threshold,
+            top_k=settings.FACESITE_TOP_K,
+            max_pixels=settings.FACESITE_MAX_PIXELS,
+            detect_max_side=settings.FACESITE_DETECT_MAX_SIDE,
+            threads=settings.FACESITE_ENGINE_THREADS,
+        )
+    except ValueError as exc:  # an unknown embedder, top_k < 1, a too small detect size
+        raise ImproperlyConfigured(str(exc)) from exc

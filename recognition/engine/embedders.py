@@ -1,0 +1,136 @@
+"""Embedders: turn a detected face into a fixed-length vector whose Euclidean distances say
+"same person" (small) or "different people" (large).
+
+Each embedder owns its input preparation (the crop or aligned chip its network was trained on)
+and its default match threshold, because both are properties of the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import alignment, dlib_resnet
+from .detection import Detection
+from .errors import EmbedderUnavailable
+from .names import DLIB_EMBEDDER, VGGFACE2_EMBEDDER, embedder_name
+
+VGGFACE2_WEIGHTS_FILE = "20180402-114759-vggface2.pt"
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+    default_threshold: float
+
+    def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
+        """The network's (size, size, 3) uint8 input for one face."""
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(n, size, size, 3) uint8 -> (n, dim) float32, as one batch."""
+
+
+def _batch(chips: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW-shaped tensor kept in channels-last memory: a free view, and the
+    layout the (channels-last) networks run fastest on."""
+    return torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+
+
+class DlibEmbedder:
+    """dlib's face ResNet (99.38% on LFW), ported to PyTorch, on dlib-style aligned chips."""
+
+    name = DLIB_EMBEDDER
+    dim = dlib_resnet.EMBEDDING_DIM
+    # dlib's documented same-person threshold for this network.
+    default_threshold = 0.6
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        self.network = dlib_resnet.load_dlib_resnet(weights)
+        self.network.to(memory_format=torch.channels_last)
+
+    def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
+        return alignment.align(
+            image, detection.landmarks, alignment.DLIB_CHIP_TEMPLATE, dlib_resnet.CHIP_SIZE
+        )
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        return self.network(_batch(chips)).numpy().astype(np.float32, copy=False)
+
+
+def torch_home() -> Path:
+    """Where torch (and facenet-pytorch) keep downloaded weights: $TORCH_HOME, else
+    $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"
+    return Path(os.environ.get("TORCH_HOME", str(default))).expanduser()
+
+
+class FacenetEmbedder:
+    """facenet-pytorch's InceptionResnetV1 trained on VGGFace2: 512-d unit vectors from
+    160x160 crops of the MTCNN box, made the way facenet-pytorch's MTCNN makes them."""
+
+    name = VGGFACE2_EMBEDDER
+    dim = 512
+    # The embeddings are L2-normalised, so distances lie in [0, 2] and d^2 = 2 - 2 cos: 1.0 is
+    # cosine similarity 0.5, in the usual range for this network (FaceNet's verification
+    # thresholds on squared distance are about 1.1-1.2, i.e. d of about 1.05-1.1).
+    default_threshold = 1.0
+    crop_size = 160
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        path = Path(weights) if weights else torch_home() / "checkpoints" / VGGFACE2_WEIGHTS_FILE
+        if not path.is_file():
+            # facenet-pytorch would download the file here; this machine never downloads.
+            raise EmbedderUnavailable(
+                f"the vggface2 embedder needs its weights file at {path} (111,898,327 bytes, "
+                "facenet-pytorch's 20180402-114759-vggface2.pt); it is not there and is never "
+                "downloaded at run time: fetch it when building the machine image, or set "
+                "FACESITE_EMBEDDER=dlib"
+            )
+        from facenet_pytorch import InceptionResnetV1
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            # The checkpoint also holds the VGGFace2 classifier ("logits"), unused here.
+            state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+            network = InceptionResnetV1(pretrained=None, classify=False)
+            network.load_state_dict(state, strict=True)
+        except (OSError, RuntimeError, AttributeError, EOFError) as exc:
+            raise EmbedderUnavailable(f"{path} is not a usable vggface2 checkpoint: {exc}") from exc
+        self.network = network.eval().to(memory_format=torch.channels_last)
+
+    def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
+        # facenet-pytorch's extract_face with margin 0: the box truncated to whole pixels and
+        # clipped to the image, resized bilinearly (PIL, so antialiased when shrinking).
+        x1, y1, x2, y2 = detection.box
+        box = (
+            int(max(x1, 0)),
+            int(max(y1, 0)),
+            int(min(x2, image.width)),
+            int(min(y2, image.height)),
+        )
+        if box[2] <= box[0] or box[3] <= box[1]:
+            return np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        crop = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(crop, dtype=np.uint8)
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        # fixed_image_standardization, as facenet-pytorch's MTCNN post-processing applies it.
+        batch = (_batch(chips) - 127.5) / 128.0
+        return self.network(batch).numpy().astype(np.float32, copy=False)
+
+
+_EMBEDDERS: dict[str, type[DlibEmbedder] | type[FacenetEmbedder]] = {
+    "dlib": DlibEmbedder,
+    "vggface2": FacenetEmbedder,
+}
+
+
+def load_embedder(kind: str) -> Embedder:
+    """The embedder a FACESITE_EMBEDDER value names ("dlib" or "vggface2")."""
+    embedder_name(kind)  # a ValueError listing the valid choices for anything else
+    return _EMBEDDERS[kind]()

@@ -7,6 +7,7 @@ through `Observation.now`, and everything remembered between ticks leaves and co
 
 Rules, in the order `decide()` applies them:
 
+0. Launches that got no answer last time are re-issued under the same generation (see Failures).
 1. Stuck: an instance running for `stuck_after` (since the scaler first saw it running) that has
    shown no work for `stuck_after`, while messages have been waiting for `stuck_after`, is
    stopped; it comes back through an ordinary start (on AWS a stop/start reboots its worker).

@@ -1,5 +1,6 @@
 """`manage.py runscaler`: the app tier's autoscaler, observe -> decide -> act every tick."""
 
+import logging
 import signal
 import threading
 from typing import Any
@@ -10,6 +11,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from facesite import aws
 from scaler.fleet import Fleet
 from scaler.loop import ScalerLoop, policy_config
+
+logger = logging.getLogger(__name__)
 
 
 def image_id() -> str:
@@ -72,8 +75,20 @@ class Command(BaseCommand):
         }
         try:
             tick_seconds = tick or settings.FACESITE_SCALER_TICK
-            loop = ScalerLoop(build_fleet(), policy_config(), tick_seconds, stopping=stopping)
+            config = policy_config()
+            loop = ScalerLoop(build_fleet(), config, tick_seconds, stopping=stopping)
+            logger.info(
+                "scaler for %s: max %d, %d per instance, warm pool %d, tick %gs, settle %gs",
+                settings.FACESITE_PREFIX,
+                config.max_instances,
+                config.requests_per_instance,
+                config.warm_pool,
+                tick_seconds,
+                config.settle_seconds,
+            )
             loop.run(once=once)
+            if stopping.is_set():
+                logger.info("scaler stopped by signal")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

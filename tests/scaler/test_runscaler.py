@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
-import sys
 import threading
 import time
 import types
@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from moto import mock_aws
 
+from ami.bootscript import parse_user_data
 from facesite import aws
 from scaler.fleet import PREFIX_TAG
 from scaler.models import FleetInstance, ScalingEvent
@@ -24,18 +25,13 @@ PREFIX = "scalertest"
 
 @pytest.fixture
 def moto(settings, monkeypatch):
-    """moto behind facesite.aws, configured as real AWS (no endpoint), with a stand-in AMI app."""
+    """moto behind facesite.aws, configured as real AWS (no endpoint)."""
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    images = types.ModuleType("ami.images")
-    images.current_image_id = lambda: "ami-12345678"
-    bootscript = types.ModuleType("ami.bootscript")
-    bootscript.worker_user_data = lambda: "#!/bin/sh\nexec worker\n"
-    monkeypatch.setitem(sys.modules, "ami.images", images)
-    monkeypatch.setitem(sys.modules, "ami.bootscript", bootscript)
     with mock_aws():
         settings.AWS_ENDPOINT_URL = None
         settings.FACESITE_PREFIX = PREFIX
         settings.FACESITE_WARM_POOL = 0
+        settings.FACESITE_AMI_ID = "ami-12345678"
         aws.reset_clients()
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         queue = sqs.create_queue(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
@@ -61,8 +57,15 @@ def test_once_launches_one_instance_per_waiting_message(moto, settings):
     call_command("runscaler", "--once")
     instances = app_tier(moto.ec2)
     assert sorted(instances) == [f"app-tier-instance-{n}" for n in range(1, 5)]
-    profile = instances["app-tier-instance-1"]["IamInstanceProfile"]["Arn"]
+    first = instances["app-tier-instance-1"]
+    assert first["ImageId"] == "ami-12345678"
+    profile = first["IamInstanceProfile"]["Arn"]
     assert profile.endswith(f"/{settings.FACESITE_INSTANCE_PROFILE}")
+    user_data = moto.ec2.describe_instance_attribute(
+        InstanceId=first["InstanceId"], Attribute="userData"
+    )["UserData"]["Value"]
+    environment = parse_user_data(base64.b64decode(user_data).decode())
+    assert environment["FACESITE_PREFIX"] == PREFIX
     (event,) = ScalingEvent.objects.all()
     assert (event.action, event.result, event.visible) == ("launch", "ok", 4)
     # A second pass (a fresh process, memory empty) sees them and launches nothing more.

@@ -141,7 +141,15 @@ class ScalerLoop:
 
         decision = decide(observation, self.config, self.memory)
         self.memory = decision.memory
-        self.outcomes = self.fleet.apply(decision.actions)
+        try:
+            self.outcomes = self.fleet.apply(decision.actions)
+        except Exception as error:
+            # The driver reports API errors as outcomes; this is anything else. Whether the
+            # actions happened is unknown, which makes the policy re-issue its launches under
+            # the same tokens instead of holding their numbers until they time out.
+            logger.exception("applying %d actions failed", len(decision.actions))
+            detail = f"{type(error).__name__}: {error}"
+            self.outcomes = tuple(Outcome(a, Result.UNKNOWN, detail) for a in decision.actions)
         if self.outcomes:
             self._log(self.outcomes)
             outcomes = self.outcomes

@@ -141,12 +141,31 @@ def test_an_aws_error_is_survived_logged_and_recorded_once(loop, fleet, clock, c
 
 
 @pytest.mark.django_db
-def test_an_unexpected_failure_ends_the_tick_not_the_loop(loop, fleet, caplog):
+def test_a_driver_crash_makes_outcomes_unknown_and_launches_are_retried(loop, fleet, clock):
     def broken(actions):
         raise RuntimeError("driver bug")
 
     fleet.visible = 1
-    fleet.apply = broken
+    working_apply, fleet.apply = fleet.apply, broken
+    first = loop.tick()
+    (event,) = ScalingEvent.objects.all()
+    assert (event.action, event.result, event.detail) == (
+        "launch",
+        "unknown",
+        "RuntimeError: driver bug",
+    )
+    fleet.apply = working_apply
+    clock.now += 0.25
+    (retry,) = loop.tick().actions
+    assert retry.retry and retry.generation == first.actions[0].generation
+
+
+@pytest.mark.django_db
+def test_an_unexpected_failure_ends_the_tick_not_the_loop(loop, fleet, caplog):
+    def broken():
+        raise RuntimeError("bug")
+
+    loop.tick = broken
     loop.run(once=True)
     assert any("tick failed" in m for m in caplog.messages)
 

@@ -137,7 +137,7 @@ class ScalerLoop:
         since = now - self.config.stuck_after
         work = self._attempt("read the request history", lambda: last_work_at(running, since), now)
         visible, in_flight = depth if depth is not None else (None, None)
-        observation = Observation(now, visible, in_flight, instances, work or {}, self.outcomes)
+        observation = Observation(now, visible, in_flight, instances, work, self.outcomes)
 
         decision = decide(observation, self.config, self.memory)
         self.memory = decision.memory

@@ -126,8 +126,10 @@ class Observation:
     visible: int | None
     in_flight: int | None
     instances: tuple[Instance, ...] | None
-    # Instance id -> the last time a request was seen on it (from the request history).
-    last_work_at: Mapping[str, float] = field(default_factory=_frozen)
+    # Instance id -> the last time a request was seen on it (from the request history); None
+    # when the history could not be read, which suspends stuck verdicts rather than making
+    # every instance look idle.
+    last_work_at: Mapping[str, float] | None = field(default_factory=_frozen)
     outcomes: tuple[Outcome, ...] = ()  # of the previous tick's actions
 
 
@@ -247,7 +249,8 @@ def decide(observation: Observation, config: PolicyConfig, memory: PolicyMemory)
     if queue_known:
         desired = min(config.max_instances, math.ceil(work / config.requests_per_instance))
         summary = f"{visible} visible + {in_flight} in flight"
-        if waiting_since is not None and now - waiting_since >= config.stuck_after:
+        waited = waiting_since is not None and now - waiting_since >= config.stuck_after
+        if waited and obs.last_work_at is not None:
             plan.stop_stuck(running_since, obs.last_work_at)
         plan.enforce_cap()
         if work > 0:

@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from django.db import OperationalError
 
 from recognition.models import UploadRequest
 from scaler.loop import ScalerLoop, last_work_at
 from scaler.models import FleetInstance, ScalingEvent
-from scaler.policy import Instance, Kind, Outcome, PolicyConfig, Result, State
+from scaler.policy import Instance, Kind, Outcome, PolicyConfig, Result, State, decide
 
 CONFIG = PolicyConfig(max_instances=5, warm_pool=0, settle_seconds=1.0, stuck_after=30.0)
 
@@ -222,3 +223,19 @@ def test_a_long_tick_is_followed_at_once(loop):
     loop.tick_seconds = 0.04
     loop.run()
     assert len(ticks) == 3 and ticks[2] - ticks[0] < 0.2
+
+
+@pytest.mark.django_db
+def test_an_unreadable_history_is_passed_on_as_unknown(loop, fleet, monkeypatch):
+    def locked(ids, since):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr("scaler.loop.last_work_at", locked)
+    seen = []
+    monkeypatch.setattr(
+        "scaler.loop.decide", lambda obs, *args: seen.append(obs) or decide(obs, *args)
+    )
+    fleet.instances["i-001"] = Instance("i-001", 1, State.RUNNING)
+    loop.tick()
+    assert seen[0].last_work_at is None
+    assert ScalingEvent.objects.get().reason == "could not read the request history"

@@ -298,6 +298,11 @@ def test_running_time_counts_from_when_the_scaler_saw_it_running():
     assert decide(observe(60.0, visible=1, instances=instances), CONFIG, memory).stops == ("i-001",)
 
 
+def test_an_unreadable_request_history_suspends_stuck_verdicts():
+    decisions = stuck_run(lambda now: None, 40)
+    assert all(d.actions == () for d in decisions)
+
+
 def test_restart_gives_no_stuck_verdict_before_stuck_after():
     late = stuck_run(lambda now: {}, 31)
     assert all(d.actions == () for d in late[:30])

@@ -24,6 +24,14 @@ _KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
 # would not, and the three must agree on every value.
 _VALUE = re.compile(r"[A-Za-z0-9_.,:/@%+=~-]*")
 
+# One request at a time per instance, so one thread for every native thread pool as well: more
+# would only contend (and numpy's OpenBLAS would start its threads at import otherwise).
+SINGLE_THREAD_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
 
 def worker_environment() -> dict[str, str]:
     """The settings a worker needs, as environment variables, taken from this process's
@@ -35,7 +43,6 @@ def worker_environment() -> dict[str, str]:
         # Always written: unset means "the local emulator" to facesite.settings, so real AWS
         # must be spelled as the empty value.
         "FACESITE_AWS_ENDPOINT": settings.AWS_ENDPOINT_URL or "",
-        # One request at a time per instance, so one torch thread: more would only contend.
         "FACESITE_ENGINE_THREADS": "1",
         "FACESITE_EMBEDDER": settings.FACESITE_EMBEDDER,
         "FACESITE_MATCH_THRESHOLD": settings.FACESITE_MATCH_THRESHOLD,
@@ -46,6 +53,7 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_VISIBILITY_TIMEOUT": str(settings.REQUEST_VISIBILITY_TIMEOUT),
         "FACESITE_SQS_WAIT_SECONDS": str(settings.FACESITE_SQS_WAIT_SECONDS),
         "FACESITE_SELF_STOP_INTERVAL": str(settings.FACESITE_SELF_STOP_INTERVAL),
+        **SINGLE_THREAD_ENVIRONMENT,
     }
 
 

@@ -54,13 +54,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 0.2
 # Longer than any task, so a warm shutdown is never cut short in practice.
 DEFAULT_STOP_GRACE = 30.0
-# Native thread pools pinned to one thread, set before the zygote's interpreter starts: numpy's
-# OpenBLAS starts its worker threads at import otherwise. One thread is what each instance gets.
-SINGLE_THREAD_ENVIRONMENT = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 # Exit status of a child whose user data is not a facesite boot script (sysexits' EX_CONFIG).
 EXIT_BAD_USER_DATA = 78
 

@@ -6,6 +6,18 @@ from moto import mock_aws
 from facesite import aws
 
 
+def use_prefix(settings, prefix: str) -> None:
+    """Point the settings derived from FACESITE_PREFIX at `prefix`, as a fresh process would."""
+    settings.FACESITE_PREFIX = prefix
+    settings.INPUT_BUCKET = f"{prefix}-in-bucket"
+    settings.OUTPUT_BUCKET = f"{prefix}-out-bucket"
+    settings.GALLERY_BUCKET = f"{prefix}-gallery-bucket"
+    settings.REQUEST_QUEUE = f"{prefix}-req-queue"
+    settings.RESPONSE_QUEUE = f"{prefix}-resp-queue"
+    settings.FACESITE_INSTANCE_PROFILE = f"{prefix}-worker"
+    settings.FACESITE_AMI_ID = ""
+
+
 @pytest.fixture
 def mocked_aws(settings, monkeypatch):
     """facesite.aws clients talking to moto's in-process mock, under a prefix of their own.
@@ -17,8 +29,7 @@ def mocked_aws(settings, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     settings.AWS_ENDPOINT_URL = None
-    settings.FACESITE_PREFIX = "amitest"
-    settings.FACESITE_AMI_ID = ""
+    use_prefix(settings, "amitest")
     aws.reset_clients()
     with mock_aws():
         yield

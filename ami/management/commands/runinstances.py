@@ -7,12 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ami.runner import (
-    DEFAULT_INTERVAL,
-    DEFAULT_STOP_GRACE,
-    SINGLE_THREAD_ENVIRONMENT,
-    InstanceRunner,
-)
+from ami.bootscript import SINGLE_THREAD_ENVIRONMENT
+from ami.runner import DEFAULT_INTERVAL, DEFAULT_STOP_GRACE, InstanceRunner
 
 
 class Command(BaseCommand):
@@ -37,8 +33,8 @@ class Command(BaseCommand):
         )
 
     def run_from_argv(self, argv: list[str]) -> None:
-        # Thread pools read these when their library loads, which Django's start-up may already
-        # have done: start again with them set, the same command line.
+        # The zygote must stay single-threaded, and thread pools read these when their library
+        # loads, which Django's start-up may already have done: start again with them set.
         if any(os.environ.get(name) != value for name, value in SINGLE_THREAD_ENVIRONMENT.items()):
             os.execve(sys.executable, sys.orig_argv, {**os.environ, **SINGLE_THREAD_ENVIRONMENT})
         super().run_from_argv(argv)

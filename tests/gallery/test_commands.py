@@ -1,0 +1,205 @@
+"""enroll, recognize, evaluate and importgallery with the real engine, on small trees."""
+
+import json
+import shutil
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from recognition import gallery_store
+from recognition.engine import VGGFACE2_EMBEDDER
+from recognition.gallery import UNKNOWN
+from recognition.models import FaceSample, GallerySnapshot
+
+from .conftest import course_photo, write_blank_image
+
+ENROLLED = {
+    "Paul/test_00.jpg",
+    "Emily/test_01.jpg",
+    "Emily/nested/test_04.jpg",
+    "Bob/test_02.jpg",
+    "German/test_03.jpg",
+    "Group/group.jpg",
+}
+
+
+def run(*args: str) -> tuple[str, str]:
+    stdout, stderr = StringIO(), StringIO()
+    call_command(*args, stdout=stdout, stderr=stderr)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.mark.django_db
+def test_enroll_reports_every_case_and_is_idempotent(engine, course_tree: Path):
+    out, _ = run("enroll", str(course_tree), "-v", "0")
+
+    rows = FaceSample.objects.filter(embedder=engine.embedder_name)
+    assert set(rows.values_list("source_image", flat=True)) == ENROLLED
+    assert "6 added, 0 updated" in out
+    assert "Bob/blank.png: no face found" in out
+    assert "Bob/notes.txt: The file is not an image" in out
+    assert "stray.jpg: not inside an identity folder" in out
+    assert "Group/group.jpg: 2 faces, used the largest" in out
+    assert ".hidden" not in out
+    snapshot = gallery_store.latest_snapshot(engine.embedder_name)
+    assert f"snapshot version {snapshot.version}" in out
+    assert (snapshot.identities, snapshot.samples) == (5, 6)
+
+    # The group photo's sample is its larger face: Paul, not Bob.
+    gallery = gallery_store.snapshot_gallery(snapshot)
+    group = gallery.embeddings[gallery.labels.index("Group")]
+    paul = gallery.embeddings[gallery.labels.index("Paul")]
+    bob = gallery.embeddings[gallery.labels.index("Bob")]
+    assert np.linalg.norm(group - paul) < engine.threshold < np.linalg.norm(group - bob)
+
+    ids = set(rows.values_list("pk", flat=True))
+    out, _ = run("enroll", str(course_tree), "-v", "0")
+    assert "0 added" in out
+    assert set(rows.values_list("pk", flat=True)) == ids
+    # Same photos, same embeddings: the same snapshot, not a new one.
+    assert GallerySnapshot.objects.count() == 1
+    assert f"snapshot version {snapshot.version}" in out
+
+
+@pytest.mark.django_db
+def test_enroll_replace_drops_samples_no_longer_in_the_folder(engine, course_tree: Path):
+    run("enroll", str(course_tree), "-v", "0")
+    shutil.rmtree(course_tree / "Emily" / "nested")
+    run("enroll", str(course_tree), "-v", "0")
+    assert FaceSample.objects.filter(source_image="Emily/nested/test_04.jpg").exists()
+
+    out, _ = run("enroll", str(course_tree), "--replace", "-v", "0")
+    assert "removed (--replace)" in out
+    sources = set(FaceSample.objects.values_list("source_image", flat=True))
+    assert sources == ENROLLED - {"Emily/nested/test_04.jpg"}
+    assert gallery_store.latest_snapshot(engine.embedder_name).samples == 5
+
+
+@pytest.mark.django_db
+def test_enroll_refuses_a_missing_or_empty_dir(tmp_path: Path):
+    with pytest.raises(CommandError, match="is not a directory"):
+        run("enroll", str(tmp_path / "missing"))
+    (tmp_path / "empty" / "Nobody").mkdir(parents=True)
+    with pytest.raises(CommandError, match="no images in identity sub-folders"):
+        run("enroll", str(tmp_path / "empty"))
+
+
+@pytest.mark.django_db
+def test_enroll_without_any_face_changes_nothing(engine, tmp_path: Path):
+    write_blank_image(tmp_path / "tree" / "Nobody" / "blank.png")
+    with pytest.raises(CommandError, match="no face enrolled"):
+        run("enroll", str(tmp_path / "tree"), "-v", "0")
+    assert not FaceSample.objects.exists() and not GallerySnapshot.objects.exists()
+
+
+@pytest.mark.django_db
+def test_recognize_prints_stem_and_name(
+    engine, course_tree: Path, course_dir: Path, five_celebrity_dir: Path, tmp_path: Path
+):
+    run("enroll", str(course_tree), "-v", "0")
+    stranger = sorted((five_celebrity_dir / "val" / "madonna").iterdir())[0]
+    blank = write_blank_image(tmp_path / "blank.png")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    images = [course_photo(course_dir, "test_10"), stranger, blank, notes, tmp_path / "gone.jpg"]
+
+    stdout, stderr = StringIO(), StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("recognize", *map(str, images), stdout=stdout, stderr=stderr)
+    assert raised.value.returncode == 1
+    assert "2 of 5 images could not be read" in str(raised.value)
+    assert stdout.getvalue().splitlines() == [
+        "test_10:Paul",
+        f"{stranger.stem}:{UNKNOWN}",
+        "blank:",
+    ]
+    errors = stderr.getvalue().splitlines()
+    assert "blank: no face found" in errors
+    assert any(line.startswith(f"{notes}: ") for line in errors)
+    assert any(line.startswith(f"{tmp_path / 'gone.jpg'}: cannot read") for line in errors)
+
+
+@pytest.mark.django_db
+def test_recognize_verbose_shows_candidates_and_timings(
+    engine, course_tree: Path, course_dir: Path
+):
+    run("enroll", str(course_tree), "-v", "0")
+    out, _ = run("recognize", "--verbose", str(course_photo(course_dir, "test_12")))
+    lines = out.splitlines()
+    assert "test_12:Bob" in lines
+    face_line = next(line for line in lines if line.startswith("  face 0:"))
+    assert "-> Bob [Bob " in face_line
+    assert face_line.count(",") >= 2  # three candidates (top_k) listed
+    assert any(line.startswith("  timings:") and "ms" in line for line in lines)
+
+
+@pytest.mark.django_db
+def test_recognize_with_an_empty_gallery_says_so(engine, course_dir: Path):
+    out, err = run("recognize", str(course_photo(course_dir, "test_00")))
+    assert out.splitlines() == [f"test_00:{UNKNOWN}"]
+    assert "gallery is empty" in err
+
+
+# Not marked django_db: evaluate must not touch the database (pytest-django would fail it).
+def test_evaluate_json(
+    engine, course_tree: Path, course_dir: Path, five_celebrity_dir: Path, tmp_path
+):
+    probes = tmp_path / "probes"
+    for label, stem in (("Paul", "test_10"), ("Bob", "test_12"), ("Emily", "test_14")):
+        (probes / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(course_photo(course_dir, stem), probes / label)
+    write_blank_image(probes / "Bob" / "blank.png")
+    stranger = sorted((five_celebrity_dir / "val" / "madonna").iterdir())[0]
+    (probes / "Madonna").mkdir()
+    shutil.copy(stranger, probes / "Madonna")
+
+    out, _ = run(
+        "evaluate", "--gallery", str(course_tree), "--probes", str(probes), "--json", "-v", "0"
+    )
+    report = json.loads(out)
+    assert report["embedder"] == engine.embedder_name
+    assert report["gallery"]["identities"] == 5 and report["gallery"]["samples"] == 6
+    assert {item["source"] for item in report["gallery"]["skipped"]} == {
+        "Bob/blank.png",
+        "Bob/notes.txt",
+        "stray.jpg",
+    }
+    assert report["probes"] == 5
+    assert report["correct"] == 4  # Madonna is not enrolled: Unknown is the right answer
+    assert report["accuracy"] == pytest.approx(0.8)
+    assert report["no_face"] == 1
+    assert report["per_identity"]["Bob"] == {"correct": 1, "total": 2, "accuracy": 0.5}
+    assert report["confusions"]["Bob"] == {"(no face)": 1, "Bob": 1}
+    assert report["confusions"]["Madonna"] == {UNKNOWN: 1}
+    assert report["mistakes"] == [{"true": "Bob", "predicted": "(no face)", "count": 1}]
+    assert report["throughput_images_per_s"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
+
+
+@pytest.mark.django_db
+def test_importgallery_loads_the_course_gallery(course_dir: Path):
+    out, _ = run("importgallery", str(course_dir / "data.pt"))
+    assert "90 embeddings of 90 identities" in out
+    snapshot = gallery_store.latest_snapshot(VGGFACE2_EMBEDDER)
+    assert (snapshot.identities, snapshot.samples) == (90, 90)
+    assert FaceSample.objects.filter(source_image="data.pt#0").exists()
+    gallery = gallery_store.snapshot_gallery(snapshot)
+    # Each stored embedding is nearest to itself: the rows kept their names.
+    [match] = gallery.match(gallery.embeddings[:1], threshold=0.1)
+    assert match.name == gallery.labels[0] and match.distance == 0.0
+
+    out, _ = run("importgallery", str(course_dir / "data.pt"))
+    assert "0 added, 0 updated, 90 unchanged" in out
+    assert GallerySnapshot.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_importgallery_rejects_other_files(tmp_path: Path):
+    bogus = tmp_path / "data.pt"
+    bogus.write_bytes(b"not a torch file")
+    with pytest.raises(CommandError, match="cannot load"):
+        run("importgallery", str(bogus))

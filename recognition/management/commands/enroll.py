@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
 from recognition.engine import EmbedderUnavailable, get_engine
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         "place (keyed by '<label>/<file>' and embedder). Publishes a new gallery snapshot."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dir", type=Path, help="folder with one sub-folder per identity")
         parser.add_argument(
             "--replace",
@@ -25,7 +25,7 @@ class Command(BaseCommand):
             help="first delete this embedder's existing samples of the identities in DIR",
         )
 
-    def handle(self, *args, dir: Path, replace: bool, verbosity: int, **options):
+    def handle(self, *args, dir: Path, replace: bool, verbosity: int, **options) -> None:
         try:
             images, strays = images_by_folder(dir)
         except EnrolmentError as exc:

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from recognition.engine import EmbedderUnavailable, ImageError, get_engine
+from recognition.engine import EmbedderUnavailable, Engine, ImageError, get_engine
 from recognition.enrollment import (
     EnrolmentError,
     LabelledImage,
@@ -47,7 +47,7 @@ class ProbeResult:
 
 
 def recognise_probes(
-    engine, gallery: Gallery, probes: list[LabelledImage], show_progress: bool
+    engine: Engine, gallery: Gallery, probes: list[LabelledImage], show_progress: bool
 ) -> tuple[list[ProbeResult], float]:
     """Every probe's result, and the wall time of the whole pass in seconds."""
     results = []
@@ -132,7 +132,7 @@ class Command(BaseCommand):
         "(CSV 'Image,Results', Image = file stem). Nothing is written to the database."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--gallery", type=Path, required=True, metavar="DIR")
         parser.add_argument("--probes", type=Path, required=True, metavar="DIR")
         parser.add_argument(
@@ -147,7 +147,7 @@ class Command(BaseCommand):
 
     def handle(
         self, *args, gallery: Path, probes: Path, labels: Path | None, as_json: bool, **options
-    ):
+    ) -> None:
         show_progress = options["verbosity"] > 0
         try:
             gallery_images, gallery_strays = images_by_folder(gallery)

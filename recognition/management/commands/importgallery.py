@@ -9,7 +9,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
 from recognition.engine import VGGFACE2_EMBEDDER
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         "Samples are keyed '<file name>#<index>', so re-importing updates them in place."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path", type=Path, help="the course's data.pt")
         parser.add_argument(
             "--replace",
@@ -56,7 +56,7 @@ class Command(BaseCommand):
             help="first delete the vggface2 samples of the identities in the file",
         )
 
-    def handle(self, *args, path: Path, replace: bool, **options):
+    def handle(self, *args, path: Path, replace: bool, **options) -> None:
         try:
             names, matrix = read_course_gallery(path)
         except ValueError as exc:

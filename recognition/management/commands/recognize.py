@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
-from recognition.engine import EmbedderUnavailable, ImageError, get_engine
+from recognition.engine import EmbedderUnavailable, ImageError, Recognition, get_engine
+from recognition.gallery import GalleryFormatError
 
 
 class Command(BaseCommand):
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         "be read gets a one-line error on stderr and no output line; the exit status is then 1."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
         parser.add_argument(
             "--verbose",
@@ -25,12 +26,15 @@ class Command(BaseCommand):
             help="after each line, every face's top-k candidates with distances, and timings",
         )
 
-    def handle(self, *args, images: list[Path], verbose: bool, **options):
+    def handle(self, *args, images: list[Path], verbose: bool, **options) -> None:
         try:
             engine = get_engine()
         except EmbedderUnavailable as exc:
             raise CommandError(f"face engine unavailable: {exc}") from exc
-        gallery = gallery_store.current_gallery(engine.embedder_name)
+        try:
+            gallery = gallery_store.current_gallery(engine.embedder_name)
+        except GalleryFormatError as exc:
+            raise CommandError(f"the latest {engine.embedder_name} snapshot: {exc}") from exc
         if not len(gallery):
             self.stderr.write(
                 f"note: the {engine.embedder_name} gallery is empty (run enroll): every face "
@@ -66,7 +70,7 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{failed} of {len(images)} images could not be read", returncode=1)
 
-    def _details(self, recognition) -> None:
+    def _details(self, recognition: Recognition) -> None:
         for index, found in enumerate(recognition.faces):
             x0, y0, x1, y1 = (round(float(v)) for v in found.face.box)
             candidates = ", ".join(

@@ -33,10 +33,12 @@ class Command(BaseCommand):
         )
 
     def run_from_argv(self, argv: list[str]) -> None:
-        # The zygote must stay single-threaded, and thread pools read these when their library
-        # loads, which Django's start-up may already have done: start again with them set.
-        if any(os.environ.get(name) != value for name, value in SINGLE_THREAD_ENVIRONMENT.items()):
-            os.execve(sys.executable, sys.orig_argv, {**os.environ, **SINGLE_THREAD_ENVIRONMENT})
+        # The zygote must stay single-threaded: thread pools read these when their library
+        # loads, which Django's start-up may already have done, so start again with them set.
+        # (Each worker then sets torch's thread count from its own boot script.)
+        pinned = {**SINGLE_THREAD_ENVIRONMENT, "FACESITE_ENGINE_THREADS": "1"}
+        if any(os.environ.get(name) != value for name, value in pinned.items()):
+            os.execve(sys.executable, sys.orig_argv, {**os.environ, **pinned})
         super().run_from_argv(argv)
 
     def handle(self, *args: Any, interval: float, stop_grace: float, **options: Any) -> None:

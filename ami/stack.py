@@ -1,0 +1,400 @@
+"""The local stack (`make run`): the emulator, the database, the web tier, the scaler and the
+instance runner on one machine, in the foreground, until Ctrl-C.
+
+Long-running pieces are child processes, each in its own process group (a Ctrl-C at the
+terminal reaches only this process, which then stops them in order) and each told by the kernel
+to stop if this process dies (PDEATHSIG). Their output goes to var/log/<name>.log. One-off set-up
+steps (migrate, provision, buildami) run in this process; enrolling a gallery, which loads the
+face models, runs as `manage.py enroll`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import TextIOBase
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management import call_command, get_commands
+
+from ami.images import current_image_id
+from ami.processes import die_with_parent
+from ami.runner import DEFAULT_STOP_GRACE
+from facesite import aws
+from scaler.fleet import PREFIX_TAG, ROLE_TAG
+
+WEB_INSTANCE_NAME = "web-instance"
+WEB_ROLE = "web"
+EMULATOR_READY_TIMEOUT = 20.0
+HEALTHY_TIMEOUT = 180.0
+WATCH_INTERVAL = 0.25
+
+
+class StackError(Exception):
+    """The stack cannot start or keep running; the message says which piece and why."""
+
+
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM while starting."""
+
+
+@dataclass
+class Service:
+    """A long-running child process of the stack."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    # Seconds between SIGTERM and SIGKILL when the stack stops.
+    stop_timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== {self.name} started {datetime.now(UTC).isoformat()}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=settings.BASE_DIR,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C comes through us
+                preexec_fn=die_with_parent,
+            )
+
+    def exit_status(self) -> int | None:
+        """None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def terminate(self) -> None:
+        """SIGTERM to the service's own process, which stops its children in its own way."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalStack:
+    def __init__(self, web_port: int, gallery: Path | None, out: TextIOBase | IO[str]) -> None:
+        self.web_port = web_port
+        self.gallery = gallery
+        self.out = out
+        self.log_dir = Path(settings.VAR_DIR) / "log"
+        self.services: list[Service] = []
+        self.stop_requested = False
+        self.hurry = False  # a second Ctrl-C: kill instead of waiting
+        endpoint = urlsplit(settings.AWS_ENDPOINT_URL or "")
+        self.emulator_host = endpoint.hostname or ""
+        self.emulator_port = endpoint.port or 80
+        self.web_url = f"http://127.0.0.1:{web_port}"
+
+    def say(self, line: str) -> None:
+        self.out.write(f"{line}\n")
+        self.out.flush()
+
+    # --- the whole life --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, stay until Ctrl-C/SIGTERM or a crash; returns the exit status."""
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        try:
+            self.start()
+            self.say_where_everything_is()
+            return self.watch()
+        except StopRequested:
+            return 0
+        except StackError as error:
+            self.say(f"ERROR: {error}")
+            return 1
+        finally:
+            self.stop_all()
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:
+            self.hurry = True
+        self.stop_requested = True
+
+    def check_stop(self) -> None:
+        if self.stop_requested:
+            raise StopRequested
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not settings.AWS_ENDPOINT_URL or self.emulator_host not in ("127.0.0.1", "localhost"):
+            raise StackError(
+                "the local stack runs its own emulator on loopback, but FACESITE_AWS_ENDPOINT is "
+                f"{settings.AWS_ENDPOINT_URL or 'empty (real AWS)'}: unset it, or set it to "
+                "http://127.0.0.1:<port>"
+            )
+        require_free_port(self.emulator_port, "the AWS emulator", "FACESITE_AWS_ENDPOINT")
+        require_free_port(self.web_port, "the web tier", "--port")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        python = sys.executable
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        bin_dir = Path(sys.executable).parent
+
+        self.say(f"Starting the AWS emulator on {settings.AWS_ENDPOINT_URL}")
+        moto = self.add(
+            "moto",
+            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.emulator_port)],
+            stop_timeout=10,
+            # The ~1,300 public AMIs moto loads by default serve nothing here and cost seconds.
+            env={"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
+        )
+        self.wait_until(self.emulator_ready, EMULATOR_READY_TIMEOUT, "the emulator", [moto])
+
+        self.set_up()
+
+        self.say("Starting the instance runner, the scaler and the web tier")
+        runner = self.add(
+            "instances",
+            [python, manage, "runinstances"],
+            stop_timeout=DEFAULT_STOP_GRACE + 5,
+        )
+        watched = [moto, runner]
+        if "runscaler" in get_commands():
+            watched.append(self.add("scaler", [python, manage, "runscaler"], stop_timeout=10))
+        else:
+            self.say("WARNING: no `manage.py runscaler` in this checkout: nothing will scale")
+        web = self.add(
+            "web",
+            [str(bin_dir / "gunicorn"), "-c", "facesite/gunicorn.py", "facesite.wsgi"],
+            stop_timeout=20,
+            env={"FACESITE_BIND": f"127.0.0.1:{self.web_port}"},
+        )
+        watched.append(web)
+        self.wait_until(self.web_healthy, HEALTHY_TIMEOUT, "the web tier's /healthz", watched)
+
+    def set_up(self) -> None:
+        """The one-off steps, in this process, output to var/log/setup.log."""
+        with open(self.log_dir / "setup.log", "a") as log:
+            log.write(f"=== set-up {datetime.now(UTC).isoformat()}\n")
+            for command, args in (
+                ("migrate", ["--no-input"]),
+                ("provision", []),
+                ("buildami", []),
+            ):
+                self.check_stop()
+                self.say(f"Running manage.py {command}")
+                log.write(f"--- manage.py {command}\n")
+                log.flush()
+                try:
+                    call_command(command, *args, stdout=log, stderr=log)
+                except Exception as error:
+                    raise StackError(f"manage.py {command} failed: {error}") from error
+            self.ensure_web_instance()
+            self.ensure_admin()
+            if self.gallery:
+                self.enroll(self.gallery, log)
+        # Nothing of ours holds the database while the services run.
+        from django.db import connections
+
+        connections.close_all()
+
+    def ensure_web_instance(self) -> None:
+        """A running `web-instance` in the emulator: the web tier as the course shows it."""
+        ec2 = aws.client("ec2")
+        tags = [
+            {"Key": "Name", "Value": WEB_INSTANCE_NAME},
+            {"Key": PREFIX_TAG, "Value": settings.FACESITE_PREFIX},
+            {"Key": ROLE_TAG, "Value": WEB_ROLE},
+        ]
+        filters = [{"Name": f"tag:{tag['Key']}", "Values": [tag["Value"]]} for tag in tags] + [
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}
+        ]
+        existing = [
+            instance
+            for reservation in ec2.describe_instances(Filters=filters)["Reservations"]
+            for instance in reservation["Instances"]
+        ]
+        if not existing:
+            ec2.run_instances(
+                ImageId=current_image_id(),
+                InstanceType="t3.micro",
+                MinCount=1,
+                MaxCount=1,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+            )
+        elif existing[0]["State"]["Name"] == "stopped":
+            ec2.start_instances(InstanceIds=[existing[0]["InstanceId"]])
+
+    def ensure_admin(self) -> None:
+        from django.contrib.auth import get_user_model
+
+        users = get_user_model().objects
+        if users.filter(is_superuser=True).exists():
+            self.say("Admin user: exists (its password is unchanged)")
+            return
+        password = os.environ.get("FACESITE_ADMIN_PASSWORD", "admin")
+        users.create_superuser("admin", "", password)
+        self.say(f"Admin user created: admin / {password}")
+
+    def enroll(self, gallery: Path, log: IO[str]) -> None:
+        self.say(f"Enrolling the gallery in {gallery} (log: {log.name})")
+        log.write(f"--- manage.py enroll {gallery}\n")
+        log.flush()
+        enroll = subprocess.Popen(
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "enroll", str(gallery)],
+            cwd=settings.BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            while enroll.poll() is None:
+                self.check_stop()
+                time.sleep(WATCH_INTERVAL)
+        finally:
+            if enroll.poll() is None:
+                enroll.kill()
+                enroll.wait()
+        if enroll.returncode != 0:
+            raise StackError(f"manage.py enroll {gallery} failed: see {log.name}")
+
+    def add(
+        self, name: str, argv: list[str], stop_timeout: float, env: dict[str, str] | None = None
+    ) -> Service:
+        service = Service(name, argv, self.log_dir / f"{name}.log", stop_timeout, env or {})
+        service.start()
+        self.services.append(service)
+        return service
+
+    def wait_until(self, ready: Any, timeout: float, what: str, watched: list[Service]) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check_stop()
+            self.raise_if_died(watched)
+            if time.monotonic() > deadline:
+                raise StackError(f"{what} was not ready after {timeout:.0f} s; see {self.log_dir}")
+            time.sleep(WATCH_INTERVAL)
+
+    def raise_if_died(self, services: list[Service]) -> None:
+        for service in services:
+            status = service.exit_status()
+            if status is not None:
+                raise StackError(
+                    f"{service.name} exited unexpectedly (status {status}); the end of "
+                    f"{service.log_path}:\n{service.log_tail()}"
+                )
+
+    def emulator_ready(self) -> bool:
+        return http_status(f"{settings.AWS_ENDPOINT_URL}/moto-api/", timeout=2) == 200
+
+    def web_healthy(self) -> bool:
+        # A web process's first request imports the rest of the app: give it time rather than
+        # piling up retries.
+        return http_status(f"{self.web_url}/healthz", timeout=15) == 200
+
+    def say_where_everything_is(self) -> None:
+        self.say(
+            "\n".join(
+                [
+                    "",
+                    "facesite is running:",
+                    f"  web        {self.web_url}/  (POST / with the image in field inputFile)",
+                    f"  health     {self.web_url}/healthz",
+                    f"  admin      {self.web_url}/admin/",
+                    f"  emulator   {settings.AWS_ENDPOINT_URL}  "
+                    f"(prefix {settings.FACESITE_PREFIX})",
+                    f"  logs       {self.log_dir}/  ({', '.join(s.name for s in self.services)})",
+                    "Ctrl-C stops everything.",
+                ]
+            )
+        )
+
+    # --- running and stopping ---------------------------------------------------------------
+
+    def watch(self) -> int:
+        while not self.stop_requested:
+            try:
+                self.raise_if_died(self.services)
+            except StackError as error:
+                self.say(f"ERROR: {error}\nStopping everything.")
+                return 1
+            time.sleep(WATCH_INTERVAL)
+        return 0
+
+    def stop_all(self) -> None:
+        """Web, scaler and runner first (the runner lets workers finish their task), then the
+        emulator they all talk to."""
+        running = any(service.exit_status() is None for service in self.services)
+        if running:
+            self.say("Stopping (Ctrl-C again to kill at once)")
+        emulator = [s for s in self.services if s.name == "moto"]
+        self.stop_services([s for s in self.services if s.name != "moto"])
+        self.stop_services(emulator)
+        if running:
+            self.say("Stopped.")
+
+    def stop_services(self, services: list[Service]) -> None:
+        started = time.monotonic()
+        running = [service for service in services if service.exit_status() is None]
+        for service in running:
+            service.terminate()
+        while running:
+            time.sleep(0.05)
+            for service in list(running):
+                if service.exit_status() is not None:
+                    self.say(f"  {service.name} stopped ({time.monotonic() - started:.1f} s)")
+                    running.remove(service)
+                elif self.hurry or time.monotonic() - started > service.stop_timeout:
+                    self.say(f"  {service.name} did not stop in time: killing it")
+                    kill_group(service)
+        # Whatever a service left behind in its process group goes with it.
+        for service in services:
+            kill_group(service)
+
+
+def kill_group(service: Service) -> None:
+    if service.process is None:
+        return
+    # An empty group (everything already exited) is fine.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signal.SIGKILL)
+    service.process.poll()
+
+
+def require_free_port(port: int, what: str, setting: str) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackError(
+                f"port {port} for {what} is taken (another `make run`?): stop whatever holds "
+                f"it, or choose another port with {setting}"
+            ) from None
+
+
+def http_status(url: str, timeout: float) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, OSError):
+        return None

@@ -46,7 +46,10 @@ def engine_only(images: list[Path]) -> tuple[float, float]:
     engine = get_engine()
     labels = course_labels(COURSE_DIR, "100")
     gallery_rows = [
-        (labels[f"test_{i:02d}"], engine.embed_image(COURSE_DIR / "face_images_100" / f"test_{i:02d}.jpg")[0])
+        (
+            labels[f"test_{i:02d}"],
+            engine.embed_image(COURSE_DIR / "face_images_100" / f"test_{i:02d}.jpg")[0],
+        )
         for i in range(10)
     ]
     gallery = Gallery(
@@ -128,7 +131,7 @@ def main() -> None:
     for label, rate in (("1 worker", one_worker), ("2 workers", two_workers)):
         print(f"{f'throughput, {label} (requests/s)':<44}{rate:>12.1f}")
         fraction = rate / engine_rate
-        print(f"{f'  as fraction of engine-only (target >= 0.6)':<44}{fraction:>12.2f}")
+        print(f"{'  as fraction of engine-only (target >= 0.6)':<44}{fraction:>12.2f}")
 
 
 if __name__ == "__main__":

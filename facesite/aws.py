@@ -9,8 +9,14 @@ from botocore.config import Config
 from django.conf import settings
 
 # Standard retry mode backs off on throttling; the pool is sized for many web threads sharing
-# one client (boto3 clients are thread-safe, sessions are not).
-_CONFIG = Config(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=64)
+# one client (boto3 clients are thread-safe, sessions are not). A short connect timeout keeps an
+# unreachable endpoint from stalling a scaler tick; reads outlast SQS's longest poll (20 s).
+_CONFIG = Config(
+    retries={"max_attempts": 8, "mode": "standard"},
+    max_pool_connections=64,
+    connect_timeout=2,
+    read_timeout=30,
+)
 _clients: dict[str, Any] = {}
 _lock = threading.Lock()
 

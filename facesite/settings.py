@@ -141,9 +141,7 @@ RESPONSE_QUEUE = f"{FACESITE_PREFIX}-resp-queue"
 REQUEST_MAX_MESSAGE_BYTES = 1024
 # A task takes well under a second; this covers a large photo on a fully loaded instance.
 # Short locally so a message held by a killed worker comes back quickly.
-REQUEST_VISIBILITY_TIMEOUT = env_int(
-    "FACESITE_VISIBILITY_TIMEOUT", 10 if AWS_ENDPOINT_URL else 60
-)
+REQUEST_VISIBILITY_TIMEOUT = env_int("FACESITE_VISIBILITY_TIMEOUT", 10 if AWS_ENDPOINT_URL else 60)
 REQUEST_MAX_RECEIVES = env_int("FACESITE_MAX_RECEIVES", 5)
 
 # --- Web tier -----------------------------------------------------------------------------------
@@ -199,7 +197,9 @@ if not CELERY_BROKER_URL:
     if AWS_ENDPOINT_URL:
         # kombu has no endpoint option: the broker URL's host and port become the endpoint.
         _host = AWS_ENDPOINT_URL.split("://", 1)[1].rstrip("/")
-        CELERY_BROKER_URL = f"sqs://{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}@{_host}"
+        CELERY_BROKER_URL = (
+            f"sqs://{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}@{_host}"
+        )
     else:
         CELERY_BROKER_URL = "sqs://"
 

@@ -47,4 +47,6 @@ def failure(error: str, status: int, faces: int | None = None) -> Result:
 
 
 def send(result: Result) -> None:
-    aws.client("sqs").send_message(QueueUrl=settings.RESPONSE_QUEUE_URL, MessageBody=result.to_json())
+    aws.client("sqs").send_message(
+        QueueUrl=settings.RESPONSE_QUEUE_URL, MessageBody=result.to_json()
+    )

@@ -22,7 +22,9 @@ def publish(version: str, data: bytes) -> None:
     """Upload this snapshot unless this process already did."""
     if version in _published:
         return
-    aws.client("s3").put_object(Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version), Body=data)
+    aws.client("s3").put_object(
+        Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version), Body=data
+    )
     with _lock:
         _published.add(version)
 
@@ -34,7 +36,9 @@ def load(version: str, embedder: str) -> Gallery:
     with _lock:
         gallery = _loaded.get(version)
     if gallery is None:
-        body = aws.client("s3").get_object(Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version))
+        body = aws.client("s3").get_object(
+            Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version)
+        )
         gallery = Gallery.from_bytes(body["Body"].read())
         with _lock:
             # Keep only the newest: an old version is not asked for again once enroll has run.

@@ -19,7 +19,9 @@ FIELD = "inputFile"
 
 
 def plain(text: str, status: int = 200, **headers: str) -> HttpResponse:
-    return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8", headers=headers)
+    return HttpResponse(
+        text, status=status, content_type="text/plain; charset=utf-8", headers=headers
+    )
 
 
 @csrf_exempt  # a machine-to-machine API: clients post files, not forms with a session
@@ -38,7 +40,9 @@ def index(request: HttpRequest) -> HttpResponse:
 
 def read_upload(request: HttpRequest) -> tuple[str, bytes]:
     limit = settings.FACESITE_MAX_UPLOAD_BYTES
-    too_large = UploadRefused(413, f"The file is larger than the {limit // (1024 * 1024)} MB limit.")
+    too_large = UploadRefused(
+        413, f"The file is larger than the {limit // (1024 * 1024)} MB limit."
+    )
     # Refuse an oversized body before parsing it: the multipart envelope adds a few hundred bytes.
     if int(request.META.get("CONTENT_LENGTH") or 0) > limit + 64 * 1024:
         raise too_large

@@ -9,7 +9,6 @@ import functools
 import logging
 import os
 import threading
-import time
 import urllib.request
 
 from celery.signals import worker_ready, worker_shutting_down

@@ -91,6 +91,8 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": "facesite-test",
             "AWS_DEFAULT_REGION": "us-east-1",
             "PYTHONUNBUFFERED": "1",
+            # As on an app-tier instance: one torch thread per worker process.
+            "FACESITE_ENGINE_THREADS": "1",
             **settings,
         }
         self.processes: list[subprocess.Popen] = []
@@ -164,10 +166,10 @@ class Stack:
         return process
 
     def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
+        log = self.log_dir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
         worker = self.spawn(name, [sys.executable, "manage.py", "runworker"], **env)
-        wait_until(
-            lambda: b"ready." in (self.log_dir / f"{name}.log").read_bytes(), 60, f"{name} ready"
-        )
+        wait_until(lambda: b"ready." in log.read_bytes()[offset:], 60, f"{name} ready")
         return worker
 
     def start_web(self, name: str = "web", processes: int = 2, **env: str) -> str:
@@ -194,7 +196,11 @@ class Stack:
                 process.wait(5)
 
     def stop_all(self) -> None:
-        for process in reversed(self.processes):
+        # Signal everyone first, then wait: shutdowns overlap instead of adding up.
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
             self.stop(process)
         self.processes.clear()
 
@@ -206,8 +212,8 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def upload(url: str, path: Path, name: str | None = None, timeout: float = 120) -> requests.Response:
+def upload(
+    url: str, path: Path, name: str | None = None, timeout: float = 120
+) -> requests.Response:
     with open(path, "rb") as image:
-        return requests.post(
-            url, files={"inputFile": (name or path.name, image)}, timeout=timeout
-        )
+        return requests.post(url, files={"inputFile": (name or path.name, image)}, timeout=timeout)

@@ -63,9 +63,9 @@ def provision() -> dict[str, str]:
     dlq_url = ensure_queue(
         settings.REQUEST_DEAD_LETTER_QUEUE, {"MessageRetentionPeriod": str(14 * 24 * 3600)}
     )
-    dlq_arn = aws.client("sqs").get_queue_attributes(
-        QueueUrl=dlq_url, AttributeNames=["QueueArn"]
-    )["Attributes"]["QueueArn"]
+    dlq_arn = aws.client("sqs").get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
     resources[settings.REQUEST_DEAD_LETTER_QUEUE] = dlq_url
     resources[settings.REQUEST_QUEUE] = ensure_queue(
         settings.REQUEST_QUEUE,

@@ -12,9 +12,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +132,25 @@ class Stack:
         listing = self.client("s3").list_objects_v2(Bucket=self.name(suffix))
         return [item["Key"] for item in listing.get("Contents", [])]
 
+    def app_tier_states(self) -> Counter:
+        """How many of this stack's app-tier instances are in each EC2 state."""
+        pages = (
+            self.client("ec2")
+            .get_paginator("describe_instances")
+            .paginate(
+                Filters=[
+                    {"Name": "tag:facesite:prefix", "Values": [self.prefix]},
+                    {"Name": "tag:facesite:role", "Values": ["app-tier"]},
+                ]
+            )
+        )
+        return Counter(
+            instance["State"]["Name"]
+            for page in pages
+            for reservation in page["Reservations"]
+            for instance in reservation["Instances"]
+        )
+
     def query(self, sql: str, *params: Any) -> list[tuple]:
         with sqlite3.connect(self.db_path, timeout=30) as db:
             return db.execute(sql, params).fetchall()
@@ -186,6 +208,13 @@ class Stack:
         self.web_url = self.web_url or url
         return url
 
+    def start_elastic_tier(self) -> None:
+        """The worker image, the autoscaler and the local instance runner: instances come and
+        go with the load, each running one turned into a worker process by the runner."""
+        self.manage("buildami")
+        self.spawn("runner", [sys.executable, "manage.py", "runinstances"])
+        self.spawn("scaler", [sys.executable, "manage.py", "runscaler"])
+
     def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
         if process.poll() is None:
             process.terminate()
@@ -203,6 +232,52 @@ class Stack:
         for process in self.processes:
             self.stop(process)
         self.processes.clear()
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # seconds since the sampler started
+    visible: int
+    in_flight: int
+    running: int
+    pending: int
+
+
+class FleetSampler(threading.Thread):
+    """Samples queue depths and app-tier instances every `interval` seconds, like the course's
+    grader, until stopped."""
+
+    def __init__(self, stack: Stack, interval: float = 0.25) -> None:
+        super().__init__(name="fleet-sampler", daemon=True)
+        self.stack = stack
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self.started_at = time.monotonic()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            tick = time.monotonic()
+            visible, in_flight = self.stack.queue_depth("req-queue")
+            states = self.stack.app_tier_states()
+            self.samples.append(
+                Sample(
+                    tick - self.started_at,
+                    visible,
+                    in_flight,
+                    states["running"],
+                    states["pending"],
+                )
+            )
+            self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - tick)))
+
+    def stop(self) -> list[Sample]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+    def now(self) -> float:
+        return time.monotonic() - self.started_at
 
 
 def _healthy(url: str) -> bool:

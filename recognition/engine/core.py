@@ -8,6 +8,8 @@ the embedder (align or crop, at full resolution) -> embed all faces of the image
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +25,8 @@ from .results import Face, FaceResult, Recognition
 
 if TYPE_CHECKING:
     from recognition.gallery import Gallery
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_DETECT_MAX_SIDE = 1280
@@ -107,6 +111,9 @@ class Engine:
 
     def _faces(self, image: Image.Image, timings: dict[str, float]) -> list[Face]:
         """faces(), recording detect/align/embed seconds into ``timings``."""
+        global _parallel_inference_ran
+        if not _parallel_inference_ran and torch.get_num_threads() > 1:
+            _parallel_inference_ran = True
         with torch.inference_mode():
             started = time.perf_counter()
             detections = self.detector.detect(image)
@@ -147,16 +154,43 @@ def load_engine(
     """Build a new engine (models loaded now). ``embedder`` is a FACESITE_EMBEDDER value;
     ``threshold`` None means the embedder's default; ``threads`` > 0 sets torch's intra-op
     thread count for the whole process (torch has no per-model setting)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-    embedder_model = load_embedder(embedder)
+    target_threads = threads if threads > 0 else torch.get_num_threads()
+    # Load on one thread: the loading process never starts OpenMP's thread pool, so it can fork
+    # workers that use every thread (see _after_fork_in_child).
+    torch.set_num_threads(1)
+    try:
+        embedder_model = load_embedder(embedder)
+        detector = FaceDetector(detect_max_side)
+    finally:
+        torch.set_num_threads(target_threads)
     return Engine(
-        FaceDetector(detect_max_side),
+        detector,
         embedder_model,
         threshold=threshold,
         top_k=top_k,
         max_pixels=max_pixels,
     )
+
+
+# Set once this process has run inference on more than one thread (OpenMP's pool is started).
+_parallel_inference_ran = False
+
+
+def _after_fork_in_child() -> None:
+    """GNU OpenMP, torch's CPU thread pool, does not survive fork(): a child whose parent had
+    started the pool deadlocks in its first parallel operation. Such a child runs on one thread
+    instead (slower, but alive). A parent that only loaded the engine never started the pool
+    (load_engine works single-threaded), so its children keep their full thread count."""
+    if _parallel_inference_ran:
+        torch.set_num_threads(1)
+        logger.warning(
+            "face engine: this process was forked after its parent ran multi-threaded "
+            "inference, so it runs on one thread; warm up in the parent with "
+            "FACESITE_ENGINE_THREADS=1, or load without running inference before forking"
+        )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _engine: Engine | None = None

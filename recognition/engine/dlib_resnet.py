@@ -146,12 +146,14 @@ class _Reader:
 
 
 @dataclass
-class _Layer:
+class DlibLayer:
+    """One computational layer as read from the file: its kind and parameters/hyperparameters."""
+
     kind: str  # "con", "affine", "relu", "max_pool", "avg_pool", "add_prev", "fc"
     params: dict[str, object]
 
 
-def _read_layer_details(reader: _Reader) -> _Layer:
+def _read_layer_details(reader: _Reader) -> DlibLayer:
     name = reader.string()
     if name == "con_4":
         params = reader.tensor()
@@ -169,7 +171,7 @@ def _read_layer_details(reader: _Reader) -> _Layer:
             )
         if weight_shape[2:] != (rows, cols):
             raise WeightsFormatError(f"con_4: kernel {rows}x{cols} but filters {weight_shape}")
-        return _Layer(
+        return DlibLayer(
             "con",
             {
                 "weight": flat[:weight_count].reshape(weight_shape),
@@ -194,19 +196,19 @@ def _read_layer_details(reader: _Reader) -> _Layer:
                 f"affine: mode {mode}, gamma {gamma_shape}, beta {beta_shape}, "
                 f"{params.size} parameters (expected a per-channel convolution affine)"
             )
-        return _Layer("affine", {"gamma": params[:channels], "beta": params[channels:]})
+        return DlibLayer("affine", {"gamma": params[:channels], "beta": params[channels:]})
     if name in ("relu_", "relu_2"):
         if name == "relu_2" and reader.bool():
             raise WeightsFormatError("a disabled relu layer is not part of this network")
-        return _Layer("relu", {})
+        return DlibLayer("relu", {})
     if name in ("max_pool_2", "avg_pool_2"):
         window = (reader.int(), reader.int())
         stride = (reader.int(), reader.int())
         padding = (reader.int(), reader.int())
         kind = name.removesuffix("_2")
-        return _Layer(kind, {"window": window, "stride": stride, "padding": padding})
+        return DlibLayer(kind, {"window": window, "stride": stride, "padding": padding})
     if name == "add_prev_":
-        return _Layer("add_prev", {})
+        return DlibLayer("add_prev", {})
     if name in ("fc_2", "fc_3"):
         outputs, inputs = reader.int(), reader.int()
         params = reader.tensor().reshape(-1)
@@ -226,7 +228,7 @@ def _read_layer_details(reader: _Reader) -> _Layer:
                 f"{params.size} parameters (expected fc_no_bias)"
             )
         # dlib computes x @ W with W stored (inputs, outputs), row-major.
-        return _Layer("fc", {"weight": params.reshape(inputs, outputs)})
+        return DlibLayer("fc", {"weight": params.reshape(inputs, outputs)})
     raise WeightsFormatError(f"unexpected layer type {name!r}")
 
 
@@ -239,7 +241,7 @@ def _skip_layer_state(reader: _Reader) -> None:
         reader.tensor()
 
 
-def read_dlib_layers(data: bytes) -> tuple[tuple[float, float, float], list[_Layer]]:
+def read_dlib_layers(data: bytes) -> tuple[tuple[float, float, float], list[DlibLayer]]:
     """Parse a serialised ``loss_metric<...>`` network: the input mean and every computational
     layer, input first.
 
@@ -367,7 +369,7 @@ def _expected_layers() -> list[tuple[str, dict[str, object]]]:
     return expected
 
 
-def _check_layer(index: int, layer: _Layer, kind: str, spec: dict[str, object]) -> None:
+def _check_layer(index: int, layer: DlibLayer, kind: str, spec: dict[str, object]) -> None:
     def fail(detail: str) -> None:
         raise WeightsFormatError(f"layer {index} ({kind}): {detail}")
 
@@ -391,13 +393,19 @@ def _check_layer(index: int, layer: _Layer, kind: str, spec: dict[str, object]) 
 
 
 def load_dlib_resnet(path: str | Path | None = None) -> DlibResNet:
-    """Read and validate the weights file, and return the network in eval mode."""
+    """Read and validate the weights file (default: the installed package's), and return the
+    network in eval mode."""
     path = Path(path) if path is not None else default_weights_path()
     mean, layers = read_dlib_layers(path.read_bytes())
+    return network_from_layers(mean, layers)
+
+
+def network_from_layers(mean: tuple[float, float, float], layers: list[DlibLayer]) -> DlibResNet:
+    """Check parsed layers against the architecture, layer by layer, and build the network."""
     expected = _expected_layers()
     if len(layers) != len(expected):
         raise WeightsFormatError(
-            f"{path.name} holds {len(layers)} layers, this network has {len(expected)}"
+            f"the file holds {len(layers)} layers, the network {len(expected)}"
         )
     for index, (layer, (kind, spec)) in enumerate(zip(layers, expected, strict=True)):
         _check_layer(index, layer, kind, spec)
@@ -405,20 +413,18 @@ def load_dlib_resnet(path: str | Path | None = None) -> DlibResNet:
     convs = [layer.params for layer in layers if layer.kind == "con"]
     affines = [layer.params for layer in layers if layer.kind == "affine"]
     fc = next(layer.params for layer in layers if layer.kind == "fc")
-    # Built on the meta device (no memory, no random initialisation): every parameter is
-    # assigned from the file below.
-    with torch.device("meta"):
-        model = DlibResNet(mean)
-    targets = [model.conv] + [c for block in model.blocks for c in (block.conv1, block.conv2)]
+    conv_names = ["conv"] + [f"blocks.{i}.conv{j}" for i in range(len(_BLOCKS)) for j in (1, 2)]
     state = {}
-    for target, conv, affine in zip(targets, convs, affines, strict=True):
+    for name, conv, affine in zip(conv_names, convs, affines, strict=True):
         # affine(conv(x)) = gamma * (W x + b) + beta = (gamma W) x + (gamma b + beta)
         gamma, beta = affine["gamma"], affine["beta"]
-        name = next(n for n, m in model.named_modules() if m is target)
         state[f"{name}.weight"] = torch.from_numpy(conv["weight"] * gamma[:, None, None, None])
         state[f"{name}.bias"] = torch.from_numpy(conv["bias"] * gamma + beta)
     state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(fc["weight"].T))
     state["mean"] = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    # Built on the meta device (no memory, no random initialisation): every tensor is then
+    # assigned from the file.
+    with torch.device("meta"):
+        model = DlibResNet(mean)
     model.load_state_dict(state, strict=True, assign=True)
-    model.eval()
-    return model
+    return model.eval()

@@ -97,9 +97,12 @@ class FacenetEmbedder:
             state = torch.load(path, map_location="cpu", weights_only=True)
             # The checkpoint also holds the VGGFace2 classifier ("logits"), unused here.
             state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-            network = InceptionResnetV1(pretrained=None, classify=False)
-            network.load_state_dict(state, strict=True)
-        except (OSError, RuntimeError, AttributeError, EOFError) as exc:
+            # On the meta device: no random initialisation of 23M parameters that are about to
+            # be replaced.
+            with torch.device("meta"):
+                network = InceptionResnetV1(pretrained=None, classify=False)
+            network.load_state_dict(state, strict=True, assign=True)
+        except Exception as exc:  # torch.load alone raises half a dozen types for bad files
             raise EmbedderUnavailable(f"{path} is not a usable vggface2 checkpoint: {exc}") from exc
         self.network = network.eval().to(memory_format=torch.channels_last)
 

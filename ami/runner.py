@@ -111,10 +111,8 @@ class InstanceRunner:
         import kombu.transport.SQS  # noqa: F401
 
         import recognition.tasks  # noqa: F401
-        from facesite.celery import app
         from recognition.engine import get_engine
 
-        app.loader.import_default_modules()
         get_engine()
         self.environment = worker_environment()
         # Nothing to share: children open their own connections.
@@ -373,7 +371,8 @@ def exec_runworker(instance_id: str, environment: dict[str, str]) -> NoReturn:
     manage = str(settings.BASE_DIR / "manage.py")
     env = {**os.environ, **environment, "FACESITE_INSTANCE_ID": instance_id}
     flush_output()
-    os.execve(sys.executable, [sys.executable, manage, "runworker"], env)
+    argv = [sys.executable, manage, "runworker", "--instance-id", instance_id]
+    os.execve(sys.executable, argv, env)
 
 
 def os_thread_count() -> int:

@@ -1,0 +1,379 @@
+"""The local instance runner end to end: a real moto server, `manage.py runinstances` as a
+subprocess, instances started and stopped through the EC2 API, real Celery workers over SQS.
+
+Every test runs under its own prefix (tests/harness.Stack), so nothing here touches a running
+`make run`. Workers get FACESITE_SELF_STOP_INTERVAL=3600: they must not stop their own instances
+while a test watches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ami.bootscript import parse_user_data, render_boot_script
+from scaler.fleet import PREFIX_TAG, ROLE, ROLE_TAG
+from tests.harness import Stack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+BOOT_TARGET = 3.0  # seconds from "instance running" to "worker consuming", machine otherwise idle
+ZYGOTE_TIMEOUT = 180  # importing torch and loading the models on a busy machine
+QUIET_WORKERS = {"FACESITE_SELF_STOP_INTERVAL": "3600"}
+
+RENDER_USER_DATA = "from ami.bootscript import worker_user_data; print(worker_user_data(), end='')"
+CAPTURE_TASK = (
+    "from recognition.tasks import recognize_upload; "
+    "recognize_upload.apply_async(args=('missing.jpg', '', ''))"
+)
+BOOTING = re.compile(r"(\S+) \((i-[0-9a-f]+), pid (\d+)\) is running: booting its worker")
+CONSUMING = re.compile(r"(\S+) \((i-[0-9a-f]+)\): worker consuming")
+
+
+@dataclass
+class Runner:
+    """One `manage.py runinstances` process and what its log says."""
+
+    stack: Stack
+    process: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def booted(self, instance_id: str) -> list[int]:
+        """Pids of the workers started for `instance_id`, oldest first."""
+        return [int(m[3]) for m in BOOTING.finditer(self.text()) if m[2] == instance_id]
+
+    def consuming(self) -> list[str]:
+        """Instance ids whose worker reported consuming, one entry per boot."""
+        return [m[2] for m in CONSUMING.finditer(self.text())]
+
+
+def start_runner(stack: Stack, name: str = "instances", **env: str) -> Runner:
+    log = stack.log_dir / f"{name}.log"
+    process = stack.spawn(
+        name,
+        [sys.executable, "manage.py", "runinstances", "--stop-grace", "10"],
+        **{**QUIET_WORKERS, **env},
+    )
+    runner = Runner(stack, process, log)
+    wait_until(
+        lambda: "watching app-tier instances" in runner.text() or process.poll() is not None,
+        ZYGOTE_TIMEOUT,
+        "the runner's zygote",
+    )
+    assert process.poll() is None, runner.text()[-3000:]
+    assert "1 OS thread)" in runner.text(), "the zygote must be single-threaded before forking"
+    return runner
+
+
+def boot_budget() -> float:
+    """BOOT_TARGET, stretched by what else loads the CPUs: the target is for an otherwise idle
+    machine, and other test runs or benchmarks on it slow every process down alike."""
+    load_per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return BOOT_TARGET * max(1.0, load_per_cpu)
+
+
+def new_stack(moto_server, tmp_path_factory) -> Stack:
+    stack = Stack(moto_server, tmp_path_factory.mktemp("runner"), **QUIET_WORKERS)
+    stack.manage("provision")
+    return stack
+
+
+def worker_user_data(stack: Stack) -> str:
+    """The boot script a scaler configured like this stack would launch instances with."""
+    return stack.manage("shell", "-v", "0", "-c", RENDER_USER_DATA).stdout
+
+
+def launch(stack: Stack, names: list[str], user_data: str) -> tuple[dict[str, str], float]:
+    """Launch one instance per name, concurrently (as the scaler does); returns name -> id and
+    the time (time.monotonic) by which every launch had returned, i.e. all were running."""
+    ec2 = stack.client("ec2")
+
+    def run(name: str) -> str:
+        tags = [
+            {"Key": "Name", "Value": name},
+            {"Key": PREFIX_TAG, "Value": stack.prefix},
+            {"Key": ROLE_TAG, "Value": ROLE},
+        ]
+        return ec2.run_instances(
+            ImageId="ami-12345678",
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            UserData=user_data,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"][0]["InstanceId"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = dict(zip(names, pool.map(run, names), strict=True))
+    return ids, time.monotonic()
+
+
+def state(stack: Stack, instance_id: str) -> str:
+    reservations = stack.client("ec2").describe_instances(InstanceIds=[instance_id])
+    return reservations["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def wait_consuming(runner: Runner, instance_ids: list[str], since: float, timeout: float):
+    """Seconds from `since` until each instance's worker reported consuming (its latest boot)."""
+    already = {i: runner.consuming().count(i) for i in instance_ids}
+    ready: dict[str, float] = {}
+
+    def all_ready() -> bool:
+        counts = runner.consuming()
+        for instance_id in instance_ids:
+            if instance_id not in ready and counts.count(instance_id) > already[instance_id]:
+                ready[instance_id] = time.monotonic() - since
+        return len(ready) == len(instance_ids)
+
+    wait_until(all_ready, timeout, f"{len(instance_ids)} workers consuming", interval=0.02)
+    return ready
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class TaskSender:
+    """Sends real task messages: one produced by recognition.tasks, replayed with new ids."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.sqs = stack.client("sqs")
+        stack.manage("shell", "-c", CAPTURE_TASK)
+        messages = self.sqs.receive_message(
+            QueueUrl=stack.queue_url("req-queue"), WaitTimeSeconds=5
+        )["Messages"]
+        self.sqs.delete_message(
+            QueueUrl=stack.queue_url("req-queue"), ReceiptHandle=messages[0]["ReceiptHandle"]
+        )
+        self.template = json.loads(messages[0]["Body"])
+
+    def send(self) -> str:
+        task_id = str(uuid.uuid4())
+        message = json.loads(json.dumps(self.template))
+        message["headers"]["id"] = task_id
+        message["properties"]["correlation_id"] = task_id
+        message["properties"]["delivery_tag"] = str(uuid.uuid4())
+        self.sqs.send_message(
+            QueueUrl=self.stack.queue_url("req-queue"), MessageBody=json.dumps(message)
+        )
+        return task_id
+
+    def results(self, task_ids: set[str], timeout: float = 30) -> dict[str, dict]:
+        """The result messages of these tasks (request id -> result), from the response queue."""
+        found: dict[str, dict] = {}
+
+        def collect() -> bool:
+            url = self.stack.queue_url("resp-queue")
+            response = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for message in response.get("Messages", []):
+                result = json.loads(message["Body"])
+                found[result["request_id"]] = result
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            return task_ids <= found.keys()
+
+        wait_until(collect, timeout, f"{len(task_ids)} task results", interval=0)
+        return {task_id: found[task_id] for task_id in task_ids}
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server, tmp_path_factory):
+    stack = new_stack(moto_server, tmp_path_factory)
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def user_data(stack) -> str:
+    return worker_user_data(stack)
+
+
+@pytest.fixture(scope="module")
+def tasks(stack) -> TaskSender:
+    return TaskSender(stack)
+
+
+@pytest.fixture(scope="module")
+def runner(stack, user_data, tasks) -> Runner:
+    return start_runner(stack)
+
+
+@pytest.fixture
+def cleanup(stack):
+    """Terminates the instances a test launched, so the next test starts from a quiet fleet."""
+    launched: list[str] = []
+    yield launched
+    if launched:
+        stack.client("ec2").terminate_instances(InstanceIds=launched)
+
+
+def names(count: int) -> list[str]:
+    base = int(time.time() * 1000) % 10_000_000
+    return [f"app-tier-instance-{base + n}" for n in range(1, count + 1)]
+
+
+def test_running_instances_become_consuming_workers(stack, runner, user_data, tasks, cleanup):
+    budget = boot_budget()
+    ids, running_at = launch(stack, names(3), user_data)
+    cleanup += ids.values()
+    boot_times = wait_consuming(runner, list(ids.values()), running_at, timeout=30)
+    print(f"boot times, 3 instances at once: {sorted(round(t, 2) for t in boot_times.values())}")
+    assert max(boot_times.values()) <= budget, boot_times
+
+    pids = [runner.booted(instance_id)[-1] for instance_id in ids.values()]
+    runner_children = {child.pid for child in psutil.Process(runner.process.pid).children()}
+    assert set(pids) <= runner_children and all(alive(pid) for pid in pids)
+
+    sent = {tasks.send() for _ in range(6)}
+    results = tasks.results(sent)
+    # The task finds no such upload and says so: the point is who answered.
+    assert {result["instance"] for result in results.values()} <= set(ids.values())
+    assert all(result["status"] == 500 for result in results.values())
+
+
+def test_a_stopped_instance_loses_only_its_worker(stack, runner, user_data, tasks, cleanup):
+    ids, running_at = launch(stack, names(2), user_data)
+    cleanup += ids.values()
+    wait_consuming(runner, list(ids.values()), running_at, timeout=30)
+    stopped_id, kept_id = ids.values()
+    stopped_pid, kept_pid = runner.booted(stopped_id)[-1], runner.booted(kept_id)[-1]
+
+    stack.client("ec2").stop_instances(InstanceIds=[stopped_id])
+    # Exit status 0: Celery's warm shutdown on SIGTERM, not the SIGKILL after the grace period.
+    wait_until(
+        lambda: f"pid {stopped_pid}): worker stopped (exit status 0)" in runner.text(),
+        15,
+        "the stopped instance's worker to exit",
+    )
+    assert not alive(stopped_pid) and alive(kept_pid)
+
+    sent = {tasks.send() for _ in range(2)}
+    assert {r["instance"] for r in tasks.results(sent).values()} == {kept_id}
+
+
+def test_a_dead_worker_leaves_its_instance_running_until_restarted(
+    stack, runner, user_data, cleanup
+):
+    ids, running_at = launch(stack, names(1), user_data)
+    cleanup += ids.values()
+    [instance_id] = ids.values()
+    wait_consuming(runner, [instance_id], running_at, timeout=30)
+    [pid] = runner.booted(instance_id)
+
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: f"pid {pid}): worker exited on its own (exit status -9)" in runner.text(),
+        10,
+        "the runner to notice the dead worker",
+    )
+    time.sleep(1.0)  # five runner ticks
+    assert state(stack, instance_id) == "running"
+    assert runner.booted(instance_id) == [pid], "a dead worker must not be restarted"
+
+    ec2 = stack.client("ec2")
+    ec2.stop_instances(InstanceIds=[instance_id])
+    wait_until(lambda: state(stack, instance_id) == "stopped", 5, "the instance to stop")
+    time.sleep(0.5)  # let the runner see it stopped, as it would on AWS
+    ec2.start_instances(InstanceIds=[instance_id])
+    wait_consuming(runner, [instance_id], time.monotonic(), timeout=30)
+    assert len(runner.booted(instance_id)) == 2
+
+
+def test_a_boot_script_with_another_configuration_runs_a_fresh_worker(
+    stack, runner, user_data, tasks, cleanup
+):
+    environment = parse_user_data(user_data)
+    environment["FACESITE_SELF_STOP_INTERVAL"] = "3599"
+    ids, _ = launch(stack, names(1), render_boot_script(environment))
+    cleanup += ids.values()
+    [instance_id] = ids.values()
+    wait_until(lambda: f"({instance_id}): its configuration differs" in runner.text(), 15, "exec")
+    # A fresh `manage.py runworker` loads everything itself, then Celery says it is ready.
+    ready = re.compile(rf"{instance_id}@\S+ ready\.")
+    wait_until(lambda: ready.search(runner.text()), 120, "the fresh worker to be ready")
+    sent = {tasks.send() for _ in range(3)}
+    assert {r["instance"] for r in tasks.results(sent, timeout=60).values()} == {instance_id}
+
+
+def test_an_instance_without_a_boot_script_gets_no_worker(stack, runner, cleanup):
+    ids, _ = launch(stack, names(1), "#!/bin/sh\necho not facesite\n")
+    cleanup += ids.values()
+    [instance_id] = ids.values()
+    refused = re.compile(rf"\({instance_id}, pid \d+\): worker exited on its own \(exit status 78")
+    wait_until(lambda: refused.search(runner.text()), 15, "the runner to refuse the boot script")
+    assert f"({instance_id}): cannot boot: its user data" in runner.text()
+    assert state(stack, instance_id) == "running"
+
+
+def test_boot_time_of_1_and_15_instances(stack, runner, user_data, cleanup, record_property):
+    """The boot time measurement: instance running -> worker consuming."""
+    budget = boot_budget()
+    ids, running_at = launch(stack, names(1), user_data)
+    cleanup += ids.values()
+    one = wait_consuming(runner, list(ids.values()), running_at, timeout=30)
+    stack.client("ec2").terminate_instances(InstanceIds=list(ids.values()))
+
+    ids, running_at = launch(stack, names(15), user_data)
+    cleanup += ids.values()
+    fifteen = wait_consuming(runner, list(ids.values()), running_at, timeout=60)
+
+    record_property("boot_seconds_1", round(max(one.values()), 2))
+    record_property("boot_seconds_15_max", round(max(fifteen.values()), 2))
+    print(
+        f"boot time, 1 instance: {max(one.values()):.2f} s; 15 at once: "
+        f"min {min(fifteen.values()):.2f} s, max {max(fifteen.values()):.2f} s "
+        f"(budget {budget:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    assert max(one.values()) <= budget
+    assert max(fifteen.values()) <= budget
+
+
+def test_runner_restart_adopts_instances_and_leaves_no_orphans(moto_server, tmp_path_factory):
+    stack = new_stack(moto_server, tmp_path_factory)
+    try:
+        user_data = worker_user_data(stack)
+        # Instances already running before any runner starts.
+        ids, _ = launch(stack, names(2), user_data)
+        first = start_runner(stack, "instances-1")
+        wait_consuming(first, list(ids.values()), time.monotonic(), timeout=30)
+        first_workers = [first.booted(i)[-1] for i in ids.values()]
+
+        # A runner killed outright takes its workers with it (PDEATHSIG).
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        wait_until(
+            lambda: not any(alive(pid) for pid in first_workers), 15, "orphaned workers to exit"
+        )
+
+        # Its successor reads EC2 afresh and boots the instances that are still running.
+        second = start_runner(stack, "instances-2")
+        wait_consuming(second, list(ids.values()), time.monotonic(), timeout=30)
+        second_workers = [second.booted(i)[-1] for i in ids.values()]
+
+        # SIGTERM: every worker is stopped gracefully, then the runner exits cleanly.
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(30) == 0
+        assert not any(alive(pid) for pid in second_workers)
+        assert "runner stopped" in second.text()
+    finally:
+        stack.stop_all()

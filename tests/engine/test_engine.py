@@ -1,0 +1,300 @@
+"""The Engine API: faces, recognition against a gallery, configuration, the vggface2 embedder."""
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.core.exceptions import ImproperlyConfigured
+from PIL import Image
+
+import recognition.engine as engine_package
+from recognition.engine import (
+    DLIB_EMBEDDER,
+    VGGFACE2_EMBEDDER,
+    CorruptImage,
+    EmbedderUnavailable,
+    Face,
+    FaceResult,
+    NotAnImage,
+    Recognition,
+    configured_embedder_name,
+    core,
+    get_engine,
+    load_engine,
+)
+from recognition.engine.embedders import VGGFACE2_WEIGHTS_FILE
+from recognition.gallery import UNKNOWN, Gallery
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gallery_without_madonna(celebrity_training_rows, dlib_engine) -> Gallery:
+    rows = [(person, emb) for person, emb in celebrity_training_rows if person != "madonna"]
+    return Gallery(dlib_engine.embedder_name, [p for p, _ in rows], np.stack([e for _, e in rows]))
+
+
+@pytest.fixture(scope="module")
+def validation_results(dlib_engine, gallery_without_madonna, five_celebrity_dir: Path):
+    """(person, Recognition) for every five_celebrity validation photo."""
+    return [
+        (path.parent.name, dlib_engine.recognize(path.read_bytes(), gallery_without_madonna))
+        for path in sorted((five_celebrity_dir / "val").glob("*/*"))
+    ]
+
+
+def test_get_engine_is_one_engine_per_process(engine) -> None:
+    assert get_engine() is engine is get_engine()
+    assert engine.embedder_name == configured_embedder_name()
+
+
+def test_faces_are_immutable_and_typed(dlib_engine, single_face_photo: Path) -> None:
+    (face,) = dlib_engine.embed_image(single_face_photo)
+    assert isinstance(face, Face)
+    assert face.embedding.dtype == np.float32 and face.embedding.shape == (128,)
+    assert face.landmarks.shape == (5, 2)
+    assert len(face.box) == 4 and all(isinstance(v, float) for v in face.box)
+    x1, y1, x2, y2 = face.box
+    assert face.area == pytest.approx((x2 - x1) * (y2 - y1))
+    # eyes above the nose above the mouth, left eye on the left
+    (lx, ly), (rx, ry), (_, ny), (_, my1), (_, my2) = face.landmarks
+    assert lx < rx and max(ly, ry) < ny < min(my1, my2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        face.probability = 0.0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        face.embedding[0] = 1.0
+
+
+def test_same_person_is_closer_than_different_people(
+    celebrity_training_rows, validation_results
+) -> None:
+    rows = celebrity_training_rows + [
+        (person, result.faces[0].face.embedding)
+        for person, result in validation_results
+        if result.has_face
+    ]
+    assert len(rows) == len(celebrity_training_rows) + 24  # a face in every validation photo
+    people = np.array([person for person, _ in rows])
+    vectors = np.stack([embedding for _, embedding in rows])
+    distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
+    same = people[:, None] == people[None]
+    off_diagonal = ~np.eye(len(rows), dtype=bool)
+    intra, inter = distances[same & off_diagonal], distances[~same]
+    assert intra.mean() + 0.2 < inter.mean()
+    assert np.median(intra) < 0.6 < np.percentile(inter, 5)  # dlib's threshold separates them
+
+
+def test_recognize_known_and_unknown(validation_results) -> None:
+    right = unknown = 0
+    for person, result in validation_results:
+        assert isinstance(result, Recognition) and result.has_face
+        if person == "madonna":  # not enrolled
+            unknown += result.name == UNKNOWN
+        else:
+            right += result.name == person
+    assert right >= 18  # of 19
+    assert unknown >= 4  # of 5
+
+
+def test_recognition_reports_every_face(
+    dlib_engine, gallery_without_madonna, two_face_photo
+) -> None:
+    result = dlib_engine.recognize(two_face_photo, gallery_without_madonna, top_k=2)
+    assert len(result.faces) == 2 and all(isinstance(r, FaceResult) for r in result.faces)
+    assert result.faces[0].face.area >= result.faces[1].face.area
+    assert result.name == result.faces[0].match.name
+    assert result.distance == result.faces[0].match.distance
+    assert all(len(r.match.candidates) == 2 for r in result.faces)
+    assert set(result.timings) == {"decode", "detect", "align", "embed", "match", "total"}
+    parts = sum(seconds for step, seconds in result.timings.items() if step != "total")
+    assert 0 < parts <= result.timings["total"]
+
+
+def test_every_source_kind_gives_the_same_answer(
+    dlib_engine, gallery_without_madonna, single_face_photo
+) -> None:
+    answers = {
+        (r.name, round(r.distance, 5))
+        for r in (
+            dlib_engine.recognize(single_face_photo.read_bytes(), gallery_without_madonna),
+            dlib_engine.recognize(single_face_photo, gallery_without_madonna),
+            dlib_engine.recognize(str(single_face_photo), gallery_without_madonna),
+            dlib_engine.recognize(Image.open(single_face_photo), gallery_without_madonna),
+        )
+    }
+    assert len(answers) == 1
+    assert next(iter(answers))[0] == "ben_afflek"
+
+
+def test_no_face_and_bad_images(dlib_engine, gallery_without_madonna) -> None:
+    blank = dlib_engine.recognize(
+        jpeg(Image.new("RGB", (200, 200), (90, 90, 90))), gallery_without_madonna
+    )
+    assert not blank.has_face and blank.faces == []
+    assert blank.name is None and blank.distance is None
+    assert "total" in blank.timings
+    with pytest.raises(NotAnImage):
+        dlib_engine.recognize(b"not an image", gallery_without_madonna)
+    with pytest.raises(CorruptImage):
+        dlib_engine.embed_image(jpeg(Image.new("RGB", (200, 200)))[:300])
+
+
+def test_exif_rotated_photo_gives_the_upright_result(dlib_engine, single_face_photo) -> None:
+    upright = Image.open(single_face_photo).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: "rotate 90 degrees clockwise to display"
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    (expected,) = dlib_engine.embed_image(jpeg(upright))
+    (rotated,) = dlib_engine.embed_image(jpeg(sideways, exif=exif.tobytes()))
+    assert np.allclose(rotated.box, expected.box, atol=2.0)
+    assert np.linalg.norm(rotated.embedding - expected.embedding) < 0.1
+    # Without the tag the face lies on its side: no longer found, so the tag did the work.
+    assert dlib_engine.embed_image(jpeg(sideways)) == []
+
+
+def test_a_gallery_of_another_embedder_is_refused(dlib_engine, single_face_photo) -> None:
+    other = Gallery(VGGFACE2_EMBEDDER, ["someone"], np.zeros((1, 512), dtype=np.float32))
+    with pytest.raises(ValueError, match=VGGFACE2_EMBEDDER):
+        dlib_engine.recognize(single_face_photo, other)
+
+
+def test_empty_gallery_answers_unknown(dlib_engine, single_face_photo) -> None:
+    result = dlib_engine.recognize(single_face_photo, Gallery.empty(DLIB_EMBEDDER))
+    assert result.has_face and result.name == UNKNOWN
+
+
+def test_settings_reach_the_engine(settings, monkeypatch) -> None:
+    built = {}
+    monkeypatch.setattr(
+        core, "load_engine", lambda embedder, **knobs: built.update(knobs, embedder=embedder)
+    )
+    settings.FACESITE_EMBEDDER = "vggface2"
+    settings.FACESITE_MATCH_THRESHOLD = " 0.45 "
+    settings.FACESITE_TOP_K = 5
+    settings.FACESITE_ENGINE_THREADS = 1
+    settings.FACESITE_MAX_PIXELS = 1000
+    settings.FACESITE_DETECT_MAX_SIDE = 640
+    core._engine_from_settings()
+    assert built == {
+        "embedder": "vggface2",
+        "threshold": 0.45,
+        "top_k": 5,
+        "threads": 1,
+        "max_pixels": 1000,
+        "detect_max_side": 640,
+    }
+    settings.FACESITE_MATCH_THRESHOLD = ""
+    core._engine_from_settings()
+    assert built["threshold"] is None
+    settings.FACESITE_MATCH_THRESHOLD = "close"
+    with pytest.raises(ImproperlyConfigured, match="FACESITE_MATCH_THRESHOLD"):
+        core._engine_from_settings()
+
+
+def test_bad_settings_are_reported(settings) -> None:
+    settings.FACESITE_EMBEDDER = "opencv"
+    with pytest.raises(ImproperlyConfigured, match="'dlib', 'vggface2'"):
+        core._engine_from_settings()
+    with pytest.raises(ValueError):
+        configured_embedder_name()
+
+
+def test_load_engine_knobs() -> None:
+    before = torch.get_num_threads()
+    try:
+        custom = load_engine("dlib", threshold=0.5, top_k=7, threads=1)
+        assert torch.get_num_threads() == 1
+        assert (custom.threshold, custom.top_k) == (0.5, 7)
+    finally:
+        torch.set_num_threads(before)
+    default = load_engine("dlib")
+    assert torch.get_num_threads() == before  # threads=0 leaves torch's own setting
+    assert (default.threshold, default.top_k) == (0.6, 3)  # dlib's own threshold
+
+
+FORK_SCRIPT = """
+import os, sys
+from PIL import Image
+from recognition.engine import load_engine
+
+engine = load_engine()
+image = Image.open(sys.argv[1]).convert("RGB")
+if sys.argv[2] == "warm":
+    assert len(engine.faces(image)) == 1
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if len(engine.faces(image)) == 1 else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("parent", ["cold", "warm"])
+def test_forked_workers_run(parent: str, distinct_course_photos) -> None:
+    """Workers are forked from a parent that loaded (and maybe used) the engine: the child must
+    detect and embed, not deadlock in OpenMP."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-c", FORK_SCRIPT, str(distinct_course_photos[0]), parent]
+    completed = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_vggface2_without_weights_is_unavailable(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from facenet_pytorch.models import inception_resnet_v1
+
+    def no_downloads(*args, **kwargs):
+        raise AssertionError("the engine tried to download weights")
+
+    monkeypatch.setattr(inception_resnet_v1, "download_url_to_file", no_downloads)
+    with pytest.raises(
+        EmbedderUnavailable, match=str(tmp_path / "checkpoints" / VGGFACE2_WEIGHTS_FILE)
+    ):
+        load_engine("vggface2")
+    assert list(tmp_path.iterdir()) == []  # nothing created either
+
+
+def test_vggface2_with_a_checkpoint(tmp_path: Path, monkeypatch, single_face_photo: Path) -> None:
+    """The vggface2 plumbing, with a randomly initialised network saved in the checkpoint's
+    format (classifier included): 512-d unit vectors from 160x160 MTCNN-box crops."""
+    from facenet_pytorch import InceptionResnetV1
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.manual_seed(0)
+    network = InceptionResnetV1(classify=True, num_classes=8631)
+    torch.save(network.state_dict(), checkpoints / VGGFACE2_WEIGHTS_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    engine = load_engine("vggface2")
+    assert engine.embedder_name == VGGFACE2_EMBEDDER and engine.threshold == 1.0
+    (face,) = engine.embed_image(single_face_photo)
+    assert face.embedding.shape == (512,) and face.embedding.dtype == np.float32
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-4)
+
+    (checkpoints / VGGFACE2_WEIGHTS_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(EmbedderUnavailable, match="not a usable vggface2 checkpoint"):
+        load_engine("vggface2")
+
+
+def test_importing_the_package_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, recognition.engine; print('torch' in sys.modules)"
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+    assert set(engine_package.__all__) >= {"Engine", "get_engine", "load_engine"}

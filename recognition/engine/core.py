@@ -20,7 +20,7 @@ from PIL import Image
 
 from .detection import FaceDetector
 from .embedders import Embedder, load_embedder
-from .imaging import ImageSource, load_image, prepare_image
+from .imaging import ImageSource, load_image, prepare_image, to_rgb
 from .results import Face, FaceResult, Recognition
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class Engine:
         return f"<Engine {self.embedder_name} threshold={self.threshold} top_k={self.top_k}>"
 
     def faces(self, image: Image.Image) -> list[Face]:
-        """Every face in ``image`` (an RGB PIL image), largest first, each with its embedding."""
-        return self._faces(image, {})
+        """Every face in ``image`` (a decoded PIL image; non-RGB modes are converted), largest
+        first, each with its embedding."""
+        return self._faces(to_rgb(image), {})
 
     def embed_image(self, source: ImageSource | Image.Image) -> list[Face]:
         """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it."""

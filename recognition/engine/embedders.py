@@ -38,7 +38,9 @@ class Embedder(Protocol):
 def _batch(chips: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float NCHW-shaped tensor kept in channels-last memory: a free view, and the
     layout the (channels-last) networks run fastest on."""
-    return torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+    # np.require copies only when needed: torch wants writable memory it may share.
+    writable = np.require(chips, dtype=np.uint8, requirements=("C_CONTIGUOUS", "WRITEABLE"))
+    return torch.from_numpy(writable).permute(0, 3, 1, 2).float()
 
 
 class DlibEmbedder:

@@ -21,31 +21,52 @@ import torch
 _OPS_DEFINED_HERE = not hasattr(torch.ops.torchvision, "nms")
 
 
+# Above this many boxes the pairwise IoU matrix (n^2 values) gets too big to build at once.
+_MATRIX_NMS_MAX_BOXES = 1024
+
+
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS with torchvision's contract: indices of the kept boxes, highest score first;
-    a box is dropped when its IoU with a kept box is greater than ``iou_threshold``.
+    a box is dropped when its IoU with a kept box is greater than ``iou_threshold``. Computed
+    in the boxes' own dtype, as torchvision's kernel does.
 
-    Vectorised over the remaining boxes, looping once per *kept* box. numpy, because its
-    per-call overhead on small arrays is a fraction of torch's.
+    numpy rather than torch: MTCNN calls this several times per image on a few dozen boxes,
+    where per-call overhead is everything. Up to _MATRIX_NMS_MAX_BOXES boxes, all IoUs are
+    computed in one go and the greedy pass only ORs rows; beyond that, IoUs are computed
+    against the remaining boxes once per kept box.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    coords = boxes.detach().to("cpu", torch.float64).numpy()
-    x1, y1, x2, y2 = coords.T
+    coords = boxes.detach().cpu().numpy()
+    order = np.argsort(-scores.detach().cpu().numpy(), kind="stable")
+    x1, y1, x2, y2 = coords[order].T
     areas = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores.detach().to("cpu", torch.float64).numpy(), kind="stable")
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        width = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
-        height = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
-        intersection = width * height
-        union = areas[best] + areas[rest] - intersection
+
+    def iou(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """(len(rows), len(columns)) IoUs between boxes, by position in score order."""
+        width = np.minimum(x2[rows, None], x2[columns]) - np.maximum(x1[rows, None], x1[columns])
+        height = np.minimum(y2[rows, None], y2[columns]) - np.maximum(y1[rows, None], y1[columns])
+        intersection = np.clip(width, 0, None) * np.clip(height, 0, None)
+        union = areas[rows, None] + areas[columns] - intersection
         with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, intersection / union, 0.0)
-        order = rest[iou <= iou_threshold]
-    return torch.as_tensor(np.asarray(keep, dtype=np.int64), device=boxes.device)
+            return np.where(union > 0, intersection / union, 0)
+
+    positions = np.arange(len(order))
+    keep = []
+    if len(order) <= _MATRIX_NMS_MAX_BOXES:
+        overlapping = iou(positions, positions) > iou_threshold
+        suppressed = np.zeros(len(order), dtype=bool)
+        for i in range(len(order)):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= overlapping[i]
+    else:
+        remaining = positions
+        while remaining.size:
+            keep.append(remaining[0])
+            rest = remaining[1:]
+            remaining = rest[iou(remaining[:1], rest)[0] <= iou_threshold]
+    return torch.as_tensor(order[keep].astype(np.int64), device=boxes.device)
 
 
 if _OPS_DEFINED_HERE:

@@ -37,6 +37,16 @@ def test_no_face_in_a_blank_picture(engine) -> None:
     assert engine.faces(Image.new("RGB", (320, 240), (128, 128, 128))) == []
 
 
+@pytest.mark.parametrize("size", [(1, 1), (15, 15), (3000, 12), (12, 64)])
+def test_images_too_small_for_a_face(engine, size: tuple[int, int]) -> None:
+    assert engine.faces(Image.new("RGB", size, (128, 128, 128))) == []
+
+
+def test_faces_accepts_any_mode(engine, single_face_photo: Path) -> None:
+    grey = Image.open(single_face_photo).convert("L")
+    assert len(engine.faces(grey)) == 1
+
+
 def test_large_photos_are_detected_on_a_smaller_copy(engine, single_face_photo: Path) -> None:
     """A photo 8x the size (past FACESITE_DETECT_MAX_SIDE): same face, coordinates scaled back."""
     image = Image.open(single_face_photo).convert("RGB")
@@ -52,9 +62,9 @@ def test_large_photos_are_detected_on_a_smaller_copy(engine, single_face_photo: 
 
 
 def test_min_face_size_follows_the_image() -> None:
-    assert min_face_size(64, 64) == 12  # thumbnails: the full small-face search
-    assert min_face_size(300, 300) == 19
-    assert min_face_size(1280, 960) == 40  # capped: big photos stay affordable
+    assert min_face_size(64, 64) == 20  # facenet-pytorch's default for small images
+    assert min_face_size(640, 480) == 30  # a 16th of the short side
+    assert min_face_size(1280, 960) == 40  # capped
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
@@ -97,6 +107,19 @@ def test_nms_matches_the_greedy_algorithm(seed: int) -> None:
         members = np.flatnonzero(classes.numpy() == label)
         expected = reference_nms(boxes[members], scores[members], 0.5)
         assert {int(members[i]) for i in expected} == kept & set(members.tolist())
+
+
+def test_nms_strategies_agree(monkeypatch) -> None:
+    """Past _MATRIX_NMS_MAX_BOXES boxes NMS switches strategy; both give the same answer."""
+    from recognition.engine import torchvision_compat
+
+    rng = np.random.default_rng(7)
+    corners = rng.uniform(0, 300, size=(600, 2))
+    boxes = torch.tensor(np.concatenate([corners, corners + rng.uniform(5, 60, (600, 2))], 1))
+    scores = torch.tensor(rng.uniform(size=600))
+    matrix = torchvision_compat._nms(boxes, scores, 0.5)
+    monkeypatch.setattr(torchvision_compat, "_MATRIX_NMS_MAX_BOXES", 100)
+    assert torchvision_compat._nms(boxes, scores, 0.5).tolist() == matrix.tolist()
 
 
 def test_nms_of_nothing() -> None:

@@ -19,25 +19,32 @@ EMBEDDING_DIM = 512
 
 def read_course_gallery(path: Path) -> tuple[list[str], np.ndarray]:
     """Names and a (n, 512) float32 matrix from a course ``data.pt``; ValueError if malformed."""
-    import torch  # heavy, and only this command needs it directly
+    import torch  # imported on use: loading torch takes seconds
 
     try:
         # weights_only: the file holds tensors, lists and strings, so no pickle code runs.
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        # torch's messages run to several lines; the first one says what went wrong.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load {path}: {first_line}") from exc
+    except OSError as exc:
+        raise ValueError(f"cannot load {path}: {exc.strerror or exc}") from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        # Not torch.save output, or one holding objects that weights_only refuses to rebuild.
+        raise ValueError(
+            f"cannot load {path}: not a torch file holding only tensors and names"
+        ) from exc
     if not (isinstance(data, (list, tuple)) and len(data) == 2):
         raise ValueError(f"{path} is not [embeddings, names]")
     tensors, names = data
     if len(tensors) != len(names) or not tensors:
         raise ValueError(f"{path} has {len(tensors)} embeddings for {len(names)} names")
+    if not all(isinstance(tensor, torch.Tensor) for tensor in tensors):
+        raise ValueError(f"{path}: every embedding must be a tensor")
     if not all(isinstance(name, str) and name for name in names):
         raise ValueError(f"{path}: every name must be a non-empty string")
-    matrix = np.vstack([torch.as_tensor(t).detach().reshape(1, -1).numpy() for t in tensors])
+    matrix = np.vstack([t.detach().reshape(1, -1).numpy() for t in tensors])
     if matrix.shape[1] != EMBEDDING_DIM:
         raise ValueError(f"{path} holds {matrix.shape[1]}-d embeddings, vggface2 makes 512-d")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{path} holds NaN or infinite embedding values")
     return list(names), matrix.astype(np.float32)
 
 

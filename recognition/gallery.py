@@ -51,10 +51,6 @@ class Match:
     distance: float
     candidates: list[Candidate]
 
-    @property
-    def is_known(self) -> bool:
-        return self.name != UNKNOWN
-
 
 class Gallery:
     """Enrolled face embeddings of one embedder, one label per sample row.
@@ -125,11 +121,9 @@ class Gallery:
         digest.update(self.embeddings.astype("<f4", copy=False).tobytes())
         return digest.hexdigest()
 
-    def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """(queries, identities) distance from each query to each identity's nearest sample."""
-        queries = self._queries(embeddings)
-        if len(self) == 0:
-            return np.zeros((len(queries), 0), dtype=np.float32)
+    def _identity_distances(self, queries: np.ndarray) -> np.ndarray:
+        """(queries, identities) approximate distance from each query to each identity's nearest
+        sample: good for ranking, not for reporting (see _exact_distance)."""
         # ||q - g||^2 = ||q||^2 + ||g||^2 - 2 q.g: one matrix product instead of a (q, n, d)
         # difference tensor. Rounding can make it slightly negative for identical vectors.
         squared = (
@@ -148,16 +142,21 @@ class Gallery:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
 
-        per_identity = self.distances(queries)
+        per_identity = self._identity_distances(queries)
         k = min(top_k, per_identity.shape[1])
-        ranked = np.argpartition(per_identity, k - 1, axis=1)[:, :k]
         matches = []
-        for query, columns in zip(queries, ranked, strict=True):
+        for query, row in zip(queries, per_identity, strict=True):
+            # The k nearest identities plus any tied with the k-th, so that which of several
+            # equally near identities makes the cut never depends on the partition's order.
+            cutoff = np.partition(row, k - 1)[k - 1]
             candidates = sorted(
-                (Candidate(self.identities[c], self._exact_distance(query, c)) for c in columns),
+                (
+                    Candidate(self.identities[c], self._exact_distance(query, c))
+                    for c in np.flatnonzero(row <= cutoff)
+                ),
                 # Equal distances fall back to the name, so ties resolve the same way every time.
                 key=lambda candidate: (candidate.distance, candidate.name),
-            )
+            )[:k]
             best = candidates[0]
             name = best.name if best.distance <= threshold else UNKNOWN
             matches.append(Match(name, best.distance, candidates))

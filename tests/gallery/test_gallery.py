@@ -24,7 +24,6 @@ def test_nearest_identity_by_its_nearest_sample():
     [match] = small_gallery().match(np.array([[0.1, 0.0]]), threshold=0.5)
     assert match.name == "bob"
     assert match.distance == pytest.approx(0.1)
-    assert match.is_known
 
 
 def test_beyond_threshold_is_unknown_but_candidates_remain():
@@ -69,6 +68,14 @@ def test_ties_resolve_by_name_whatever_the_enrolment_order():
         assert match.name == "amy"
         assert [c.name for c in match.candidates] == ["amy", "zed"]
         assert match.candidates[0].distance == match.candidates[1].distance == 1.0
+
+
+def test_ties_at_the_top_k_cut_keep_the_first_names():
+    names = ["e", "b", "d", "a", "c"]
+    gallery = Gallery("test", names, np.eye(5))  # every identity at the same distance from 0
+    for _ in range(3):
+        [match] = gallery.match(np.zeros((1, 5)), threshold=2.0, top_k=2)
+        assert [c.name for c in match.candidates] == ["a", "b"]
 
 
 def test_one_match_per_query_row_and_single_vector():

@@ -163,6 +163,10 @@ class Command(BaseCommand):
             raise CommandError(f"face engine unavailable: {exc}") from exc
 
         run = embed_images(engine, gallery_images, show_progress=show_progress)
+        if not run.samples:
+            raise CommandError(
+                f"no face enrolled: all {len(gallery_images)} images in {gallery} were skipped"
+            )
         scratch = run.gallery(engine.embedder_name)
         results, wall_seconds = recognise_probes(engine, scratch, probe_images, show_progress)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -54,6 +55,35 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 0.2
 # Longer than any task, so a warm shutdown is never cut short in practice.
 DEFAULT_STOP_GRACE = 30.0
+# What a worker imports between the fork and "ready" (Celery 5.7, kombu's SQS transport) plus
+# the tasks, which import the engine: imported once in the zygote, so children import nothing.
+# A module missing here only costs boot time. Some scan entry points when imported.
+WORKER_MODULES = (
+    "billiard.pool",
+    "celery.app.amqp",
+    "celery.app.control",
+    "celery.app.events",
+    "celery.app.log",
+    "celery.app.routes",
+    "celery.apps.worker",
+    "celery.backends.base",
+    "celery.bin.celery",
+    "celery.concurrency.solo",
+    "celery.contrib.django.task",
+    "celery.events",
+    "celery.worker.autoscale",
+    "celery.worker.components",
+    "celery.worker.consumer",
+    "celery.worker.consumer.delayed_delivery",
+    "celery.worker.strategy",
+    "celery.worker.worker",
+    "kombu.asynchronous.aws.sqs.connection",
+    "kombu.matcher",
+    "kombu.mixins",
+    "kombu.pidbox",
+    "kombu.transport.SQS",
+    "recognition.tasks",
+)
 # Exit status of a child whose user data is not a facesite boot script (sysexits' EX_CONFIG).
 EXIT_BAD_USER_DATA = 78
 
@@ -100,19 +130,14 @@ class InstanceRunner:
 
         # Before any torch op: with one thread torch never starts its OpenMP pool in the zygote.
         torch.set_num_threads(1)
-        # The worker's whole import graph, so children import nothing: Celery's worker, the
-        # SQS transport kombu connects with, the tasks (which import the engine).
-        import celery.apps.worker  # noqa: F401
-        import celery.bin.celery  # noqa: F401
-        import celery.concurrency.solo  # noqa: F401
-        import celery.worker.consumer  # noqa: F401
-        import celery.worker.worker  # noqa: F401
-        import kombu.asynchronous.aws.sqs.connection  # noqa: F401
-        import kombu.transport.SQS  # noqa: F401
-
-        import recognition.tasks  # noqa: F401
+        for module in WORKER_MODULES:
+            importlib.import_module(module)
+        from facesite.celery import app
         from recognition.engine import get_engine
 
+        # Resolving the (disabled) result backend scans every installed package's entry points;
+        # done here, the children inherit the answer.
+        app.backend  # noqa: B018
         get_engine()
         self.environment = worker_environment()
         # Nothing to share: children open their own connections.
@@ -351,6 +376,9 @@ class InstanceRunner:
         connections.close_all()
         os.environ.update(environment)
         os.environ["FACESITE_INSTANCE_ID"] = instance_id
+        # The zygote ran Django's system checks when it started; Celery's Django fix-up would
+        # run them again in every worker.
+        os.environ["CELERY_SKIP_CHECKS"] = "1"
         torch.set_num_threads(int(environment.get("FACESITE_ENGINE_THREADS") or 1))
 
         def report_consuming(**_: object) -> None:

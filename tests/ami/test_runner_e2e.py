@@ -49,9 +49,14 @@ class Runner:
     stack: Stack
     process: subprocess.Popen
     log: Path
+    _read: bytes = b""
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        # Only the new bytes: this is polled while workers boot, and must not compete with them.
+        with open(self.log, "rb") as log:
+            log.seek(len(self._read))
+            self._read += log.read()
+        return self._read.decode(errors="replace")
 
     def booted(self, instance_id: str) -> list[int]:
         """Pids of the workers started for `instance_id`, oldest first."""
@@ -98,18 +103,18 @@ def worker_user_data(stack: Stack) -> str:
     return stack.manage("shell", "-v", "0", "-c", RENDER_USER_DATA).stdout
 
 
-def launch(stack: Stack, names: list[str], user_data: str) -> tuple[dict[str, str], float]:
-    """Launch one instance per name, concurrently (as the scaler does); returns name -> id and
-    the time (time.monotonic) by which every launch had returned, i.e. all were running."""
+def launch(stack: Stack, names: list[str], user_data: str) -> dict[str, float]:
+    """Launch one instance per name, concurrently (as the scaler does); returns each instance's
+    id and the time (time.monotonic) its run_instances returned, i.e. it was running."""
     ec2 = stack.client("ec2")
 
-    def run(name: str) -> str:
+    def run(name: str) -> tuple[str, float]:
         tags = [
             {"Key": "Name", "Value": name},
             {"Key": PREFIX_TAG, "Value": stack.prefix},
             {"Key": ROLE_TAG, "Value": ROLE},
         ]
-        return ec2.run_instances(
+        instance_id = ec2.run_instances(
             ImageId="ami-12345678",
             InstanceType="t3.micro",
             MinCount=1,
@@ -117,10 +122,10 @@ def launch(stack: Stack, names: list[str], user_data: str) -> tuple[dict[str, st
             UserData=user_data,
             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
         )["Instances"][0]["InstanceId"]
+        return instance_id, time.monotonic()
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        ids = dict(zip(names, pool.map(run, names), strict=True))
-    return ids, time.monotonic()
+        return dict(pool.map(run, names))
 
 
 def state(stack: Stack, instance_id: str) -> str:
@@ -128,19 +133,20 @@ def state(stack: Stack, instance_id: str) -> str:
     return reservations["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
-def wait_consuming(runner: Runner, instance_ids: list[str], since: float, timeout: float):
-    """Seconds from `since` until each instance's worker reported consuming (its latest boot)."""
-    already = {i: runner.consuming().count(i) for i in instance_ids}
+def wait_consuming(
+    runner: Runner, running_at: dict[str, float], timeout: float, mark: int
+) -> dict[str, float]:
+    """Seconds from each instance's running time until its worker reported consuming, counting
+    only the runner's reports after the first `mark` (take `len(runner.consuming())` first)."""
     ready: dict[str, float] = {}
 
     def all_ready() -> bool:
-        counts = runner.consuming()
-        for instance_id in instance_ids:
-            if instance_id not in ready and counts.count(instance_id) > already[instance_id]:
-                ready[instance_id] = time.monotonic() - since
-        return len(ready) == len(instance_ids)
+        for instance_id in runner.consuming()[mark:]:
+            if instance_id in running_at and instance_id not in ready:
+                ready[instance_id] = time.monotonic() - running_at[instance_id]
+        return len(ready) == len(running_at)
 
-    wait_until(all_ready, timeout, f"{len(instance_ids)} workers consuming", interval=0.02)
+    wait_until(all_ready, timeout, f"{len(running_at)} workers consuming", interval=0.05)
     return ready
 
 
@@ -234,28 +240,30 @@ def names(count: int) -> list[str]:
 
 def test_running_instances_become_consuming_workers(stack, runner, user_data, tasks, cleanup):
     budget = boot_budget()
-    ids, running_at = launch(stack, names(3), user_data)
-    cleanup += ids.values()
-    boot_times = wait_consuming(runner, list(ids.values()), running_at, timeout=30)
+    mark = len(runner.consuming())
+    ids = launch(stack, names(3), user_data)
+    cleanup += ids
+    boot_times = wait_consuming(runner, ids, 30, mark)
     print(f"boot times, 3 instances at once: {sorted(round(t, 2) for t in boot_times.values())}")
     assert max(boot_times.values()) <= budget, boot_times
 
-    pids = [runner.booted(instance_id)[-1] for instance_id in ids.values()]
+    pids = [runner.booted(instance_id)[-1] for instance_id in ids]
     runner_children = {child.pid for child in psutil.Process(runner.process.pid).children()}
     assert set(pids) <= runner_children and all(alive(pid) for pid in pids)
 
     sent = {tasks.send() for _ in range(6)}
     results = tasks.results(sent)
     # The task finds no such upload and says so: the point is who answered.
-    assert {result["instance"] for result in results.values()} <= set(ids.values())
+    assert {result["instance"] for result in results.values()} <= set(ids)
     assert all(result["status"] == 500 for result in results.values())
 
 
 def test_a_stopped_instance_loses_only_its_worker(stack, runner, user_data, tasks, cleanup):
-    ids, running_at = launch(stack, names(2), user_data)
-    cleanup += ids.values()
-    wait_consuming(runner, list(ids.values()), running_at, timeout=30)
-    stopped_id, kept_id = ids.values()
+    mark = len(runner.consuming())
+    ids = launch(stack, names(2), user_data)
+    cleanup += ids
+    wait_consuming(runner, ids, 30, mark)
+    stopped_id, kept_id = ids
     stopped_pid, kept_pid = runner.booted(stopped_id)[-1], runner.booted(kept_id)[-1]
 
     stack.client("ec2").stop_instances(InstanceIds=[stopped_id])
@@ -274,10 +282,11 @@ def test_a_stopped_instance_loses_only_its_worker(stack, runner, user_data, task
 def test_a_dead_worker_leaves_its_instance_running_until_restarted(
     stack, runner, user_data, cleanup
 ):
-    ids, running_at = launch(stack, names(1), user_data)
-    cleanup += ids.values()
-    [instance_id] = ids.values()
-    wait_consuming(runner, [instance_id], running_at, timeout=30)
+    mark = len(runner.consuming())
+    ids = launch(stack, names(1), user_data)
+    cleanup += ids
+    [instance_id] = ids
+    wait_consuming(runner, ids, 30, mark)
     [pid] = runner.booted(instance_id)
 
     os.kill(pid, signal.SIGKILL)
@@ -294,8 +303,9 @@ def test_a_dead_worker_leaves_its_instance_running_until_restarted(
     ec2.stop_instances(InstanceIds=[instance_id])
     wait_until(lambda: state(stack, instance_id) == "stopped", 5, "the instance to stop")
     time.sleep(0.5)  # let the runner see it stopped, as it would on AWS
+    mark = len(runner.consuming())
     ec2.start_instances(InstanceIds=[instance_id])
-    wait_consuming(runner, [instance_id], time.monotonic(), timeout=30)
+    wait_consuming(runner, {instance_id: time.monotonic()}, 30, mark)
     assert len(runner.booted(instance_id)) == 2
 
 
@@ -304,9 +314,9 @@ def test_a_boot_script_with_another_configuration_runs_a_fresh_worker(
 ):
     environment = parse_user_data(user_data)
     environment["FACESITE_SELF_STOP_INTERVAL"] = "3599"
-    ids, _ = launch(stack, names(1), render_boot_script(environment))
-    cleanup += ids.values()
-    [instance_id] = ids.values()
+    ids = launch(stack, names(1), render_boot_script(environment))
+    cleanup += ids
+    [instance_id] = ids
     wait_until(lambda: f"({instance_id}): its configuration differs" in runner.text(), 15, "exec")
     # A fresh `manage.py runworker` loads everything itself, then Celery says it is ready.
     ready = re.compile(rf"{instance_id}@\S+ ready\.")
@@ -316,9 +326,9 @@ def test_a_boot_script_with_another_configuration_runs_a_fresh_worker(
 
 
 def test_an_instance_without_a_boot_script_gets_no_worker(stack, runner, cleanup):
-    ids, _ = launch(stack, names(1), "#!/bin/sh\necho not facesite\n")
-    cleanup += ids.values()
-    [instance_id] = ids.values()
+    ids = launch(stack, names(1), "#!/bin/sh\necho not facesite\n")
+    cleanup += ids
+    [instance_id] = ids
     refused = re.compile(rf"\({instance_id}, pid \d+\): worker exited on its own \(exit status 78")
     wait_until(lambda: refused.search(runner.text()), 15, "the runner to refuse the boot script")
     assert f"({instance_id}): cannot boot: its user data" in runner.text()
@@ -328,14 +338,16 @@ def test_an_instance_without_a_boot_script_gets_no_worker(stack, runner, cleanup
 def test_boot_time_of_1_and_15_instances(stack, runner, user_data, cleanup, record_property):
     """The boot time measurement: instance running -> worker consuming."""
     budget = boot_budget()
-    ids, running_at = launch(stack, names(1), user_data)
-    cleanup += ids.values()
-    one = wait_consuming(runner, list(ids.values()), running_at, timeout=30)
-    stack.client("ec2").terminate_instances(InstanceIds=list(ids.values()))
+    mark = len(runner.consuming())
+    ids = launch(stack, names(1), user_data)
+    cleanup += ids
+    one = wait_consuming(runner, ids, 30, mark)
+    stack.client("ec2").terminate_instances(InstanceIds=list(ids))
 
-    ids, running_at = launch(stack, names(15), user_data)
-    cleanup += ids.values()
-    fifteen = wait_consuming(runner, list(ids.values()), running_at, timeout=60)
+    mark = len(runner.consuming())
+    ids = launch(stack, names(15), user_data)
+    cleanup += ids
+    fifteen = wait_consuming(runner, ids, 60, mark)
 
     record_property("boot_seconds_1", round(max(one.values()), 2))
     record_property("boot_seconds_15_max", round(max(fifteen.values()), 2))
@@ -353,10 +365,10 @@ def test_runner_restart_adopts_instances_and_leaves_no_orphans(moto_server, tmp_
     try:
         user_data = worker_user_data(stack)
         # Instances already running before any runner starts.
-        ids, _ = launch(stack, names(2), user_data)
+        ids = launch(stack, names(2), user_data)
         first = start_runner(stack, "instances-1")
-        wait_consuming(first, list(ids.values()), time.monotonic(), timeout=30)
-        first_workers = [first.booted(i)[-1] for i in ids.values()]
+        wait_consuming(first, dict.fromkeys(ids, time.monotonic()), 30, mark=0)
+        first_workers = [first.booted(i)[-1] for i in ids]
 
         # A runner killed outright takes its workers with it (PDEATHSIG).
         first.process.send_signal(signal.SIGKILL)
@@ -367,8 +379,8 @@ def test_runner_restart_adopts_instances_and_leaves_no_orphans(moto_server, tmp_
 
         # Its successor reads EC2 afresh and boots the instances that are still running.
         second = start_runner(stack, "instances-2")
-        wait_consuming(second, list(ids.values()), time.monotonic(), timeout=30)
-        second_workers = [second.booted(i)[-1] for i in ids.values()]
+        wait_consuming(second, dict.fromkeys(ids, time.monotonic()), 30, mark=0)
+        second_workers = [second.booted(i)[-1] for i in ids]
 
         # SIGTERM: every worker is stopped gracefully, then the runner exits cleanly.
         second.process.send_signal(signal.SIGTERM)

@@ -5,6 +5,11 @@ import uuid
 from django.db import models
 
 
+def file_stem(file_name: str) -> str:
+    """`test_00.jpg` -> `test_00`: the output bucket's key and the first part of the reply."""
+    return file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+
+
 class UploadRequest(models.Model):
     """One upload, from arrival to reply; completed by the response consumer."""
 
@@ -47,10 +52,6 @@ class UploadRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.file_name} ({self.status})"
-
-    @property
-    def stem(self) -> str:
-        return self.file_name.rsplit(".", 1)[0] if "." in self.file_name else self.file_name
 
     @property
     def is_final(self) -> bool:

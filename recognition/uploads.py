@@ -18,9 +18,9 @@ from facesite import aws
 from recognition import snapshots
 from recognition.engine import ImageError, configured_embedder_name, load_image
 from recognition.gallery_store import latest_snapshot
-from recognition.models import UploadRequest
+from recognition.models import UploadRequest, file_stem
 from recognition.responses import waiters
-from recognition.tasks import file_stem, recognize_upload
+from recognition.tasks import recognize_upload
 
 logger = logging.getLogger(__name__)
 

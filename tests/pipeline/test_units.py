@@ -6,10 +6,9 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from recognition.models import UploadRequest
+from recognition.models import UploadRequest, file_stem
 from recognition.responses import Waiters, record_result
 from recognition.results import Result, failure, success
-from recognition.tasks import file_stem
 from recognition.uploads import UploadRefused, clean_file_name, reply_for
 
 

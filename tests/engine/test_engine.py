@@ -151,12 +151,15 @@ def test_exif_rotated_photo_gives_the_upright_result(dlib_engine, single_face_ph
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: "rotate 90 degrees clockwise to display"
     sideways = upright.transpose(Image.Transpose.ROTATE_90)
-    (expected,) = dlib_engine.embed_image(jpeg(upright))
-    (rotated,) = dlib_engine.embed_image(jpeg(sideways, exif=exif.tobytes()))
-    assert np.allclose(rotated.box, expected.box, atol=2.0)
+    # Full-resolution chroma (4:4:4), so that both files carry the same detail whichever way
+    # up they were encoded; the remaining difference is JPEG noise.
+    (expected,) = dlib_engine.embed_image(jpeg(upright, subsampling=0))
+    (rotated,) = dlib_engine.embed_image(jpeg(sideways, subsampling=0, exif=exif.tobytes()))
+    width = expected.box[2] - expected.box[0]
+    assert np.allclose(rotated.box, expected.box, atol=0.03 * width)
     assert np.linalg.norm(rotated.embedding - expected.embedding) < 0.1
     # Without the tag the face lies on its side: no longer found, so the tag did the work.
-    assert dlib_engine.embed_image(jpeg(sideways)) == []
+    assert dlib_engine.embed_image(jpeg(sideways, subsampling=0)) == []
 
 
 def test_a_gallery_of_another_embedder_is_refused(dlib_engine, single_face_photo) -> None:
@@ -224,27 +227,29 @@ import os, sys
 from PIL import Image
 from recognition.engine import load_engine
 
-engine = load_engine()
+def child_finds_the_face():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if len(engine.faces(image)) == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+engine = load_engine(threads=2)
 image = Image.open(sys.argv[1]).convert("RGB")
-if sys.argv[2] == "warm":
-    assert len(engine.faces(image)) == 1
-pid = os.fork()
-if pid == 0:
-    os._exit(0 if len(engine.faces(image)) == 1 else 1)
-_, status = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(status))
+assert child_finds_the_face(), "child of a parent that only loaded"
+assert len(engine.faces(image)) == 1  # the parent now runs two-thread inference
+assert child_finds_the_face(), "child of a parent that ran inference"
 """
 
 
-@pytest.mark.parametrize("parent", ["cold", "warm"])
-def test_forked_workers_run(parent: str, distinct_course_photos) -> None:
-    """Workers are forked from a parent that loaded (and maybe used) the engine: the child must
-    detect and embed, not deadlock in OpenMP."""
+def test_forked_workers_run(distinct_course_photos) -> None:
+    """Workers are forked from a parent that loaded (and maybe used) the engine: children must
+    detect and embed, not deadlock in OpenMP, which does not survive fork()."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-c", FORK_SCRIPT, str(distinct_course_photos[0]), parent]
+    argv = [sys.executable, "-c", FORK_SCRIPT, str(distinct_course_photos[0])]
     completed = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-2000:]
 

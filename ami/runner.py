@@ -166,11 +166,14 @@ class InstanceRunner:
         logger.info(
             "watching app-tier instances of prefix %s every %.2f s", self.prefix, self.interval
         )
-        while not self.stopping:
-            tick_started = time.monotonic()
-            self.tick()
-            time.sleep(max(0.0, self.interval - (time.monotonic() - tick_started)))
-        self.shutdown()
+        try:
+            while not self.stopping:
+                tick_started = time.monotonic()
+                self.tick()
+                time.sleep(max(0.0, self.interval - (time.monotonic() - tick_started)))
+        finally:
+            # Also on a crash: workers get their warm shutdown rather than a PDEATHSIG.
+            self.shutdown()
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         if self.stopping:
@@ -249,7 +252,11 @@ class InstanceRunner:
             logger.error("the zygote has several threads: booting %s by exec, not fork", name)
         flush_output()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as error:  # out of memory or processes: the next tick tries again
+            logger.error("%s (%s): cannot fork its worker: %s", name, instance_id, error)
+            return
         if pid == 0:
             self._child(instance_id, name, user_data, seen_running_at, parent, fork_safe)
         worker = Worker(instance_id, name, pid)

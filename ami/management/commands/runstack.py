@@ -16,6 +16,10 @@ class Command(BaseCommand):
         "web tier, scaler and instance runner; Ctrl-C stops everything it started."
     )
 
+    # Every process the stack starts runs Django's checks itself; here they would only load the
+    # face engine (through the URL checks) into a supervisor that never uses it.
+    requires_system_checks: list[str] = []
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--port", type=int, default=8000, help="web tier port on 127.0.0.1 (default 8000)"

@@ -61,7 +61,8 @@ class DlibEmbedder:
         )
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        return self.network(_batch(chips)).numpy().astype(np.float32, copy=False)
+        with torch.inference_mode():
+            return self.network(_batch(chips)).numpy().astype(np.float32, copy=False)
 
 
 def torch_home() -> Path:
@@ -125,8 +126,9 @@ class FacenetEmbedder:
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         # fixed_image_standardization, as facenet-pytorch's MTCNN post-processing applies it.
-        batch = (_batch(chips) - 127.5) / 128.0
-        return self.network(batch).numpy().astype(np.float32, copy=False)
+        with torch.inference_mode():
+            batch = (_batch(chips) - 127.5) / 128.0
+            return self.network(batch).numpy().astype(np.float32, copy=False)
 
 
 _EMBEDDERS: dict[str, type[DlibEmbedder] | type[FacenetEmbedder]] = {

@@ -158,7 +158,10 @@ FACESITE_EMBEDDER = env_str("FACESITE_EMBEDDER", "dlib")
 # Distance beyond which the nearest identity is reported as "Unknown"; empty = the embedder's own.
 FACESITE_MATCH_THRESHOLD = env_str("FACESITE_MATCH_THRESHOLD", "")
 FACESITE_TOP_K = env_int("FACESITE_TOP_K", 3)
-FACESITE_ENGINE_THREADS = env_int("FACESITE_ENGINE_THREADS", 0)  # 0 = torch's default
+# torch threads per process. One by default: an app-tier machine runs one worker process per
+# core-sized instance, and on a shared 2-core machine a second OpenMP thread spin-waits against
+# the other processes (measured here: up to 10x slower). 0 = torch's default (all cores).
+FACESITE_ENGINE_THREADS = env_int("FACESITE_ENGINE_THREADS", 1)
 # Images that would decode to more pixels than this are refused (decompression bombs).
 FACESITE_MAX_PIXELS = env_int("FACESITE_MAX_PIXELS", 40_000_000)
 # Detection runs on a copy scaled down to this longest side; alignment uses full resolution.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from recognition.gallery import Gallery
@@ -131,8 +132,21 @@ def publish_snapshot(embedder: str) -> tuple[GallerySnapshot, Gallery]:
     return snapshot, gallery
 
 
+def _newest_first(embedder: str) -> QuerySet[GallerySnapshot]:
+    return GallerySnapshot.objects.filter(embedder=embedder).order_by("-created_at", "-pk")
+
+
 def latest_snapshot(embedder: str) -> GallerySnapshot | None:
-    return GallerySnapshot.objects.filter(embedder=embedder).order_by("-created_at", "-pk").first()
+    return _newest_first(embedder).first()
+
+
+def latest_snapshot_version(embedder: str) -> str | None:
+    """The newest snapshot's version, without loading its data (the web tier asks per upload)."""
+    return _newest_first(embedder).values_list("version", flat=True).first()
+
+
+def snapshot_data(version: str) -> bytes:
+    return bytes(GallerySnapshot.objects.values_list("data", flat=True).get(version=version))
 
 
 def snapshot_gallery(snapshot: GallerySnapshot) -> Gallery:

@@ -18,10 +18,13 @@ def snapshot_key(version: str) -> str:
     return f"gallery/{version}.npz"
 
 
+def is_published(version: str) -> bool:
+    """Whether this process already uploaded this version (uploads are idempotent anyway)."""
+    return version in _published
+
+
 def publish(version: str, data: bytes) -> None:
-    """Upload this snapshot unless this process already did."""
-    if version in _published:
-        return
+    """Upload this snapshot to the gallery bucket, where workers fetch it."""
     aws.client("s3").put_object(
         Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version), Body=data
     )

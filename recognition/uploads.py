@@ -17,7 +17,7 @@ from django.utils import timezone
 from facesite import aws
 from recognition import snapshots
 from recognition.engine import ImageError, configured_embedder_name, load_image
-from recognition.gallery_store import latest_snapshot
+from recognition.gallery_store import latest_snapshot_version, snapshot_data
 from recognition.models import UploadRequest, file_stem
 from recognition.responses import waiters
 from recognition.tasks import recognize_upload
@@ -68,12 +68,13 @@ _gallery_lock = threading.Lock()
 
 def current_gallery_version() -> str:
     """The newest gallery snapshot's version, published to S3 for the workers on first use."""
-    snapshot = latest_snapshot(configured_embedder_name())
-    if snapshot is None:
+    version = latest_snapshot_version(configured_embedder_name())
+    if version is None:
         return ""
     with _gallery_lock:
-        snapshots.publish(snapshot.version, bytes(snapshot.data))
-    return snapshot.version
+        if not snapshots.is_published(version):
+            snapshots.publish(version, snapshot_data(version))
+    return version
 
 
 def handle_upload(file_name: str, data: bytes) -> Reply:

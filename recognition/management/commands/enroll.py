@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
 from recognition.engine import EmbedderUnavailable, get_engine
-from recognition.enrollment import EnrolmentError, Skipped, embed_images, images_by_folder
+from recognition.enrollment import (
+    EnrolmentError,
+    Skipped,
+    embed_images,
+    images_by_folder,
+    images_from_labels_csv,
+)
 
 
 class Command(BaseCommand):
@@ -14,20 +20,31 @@ class Command(BaseCommand):
         "Enrol DIR into the gallery: one sub-folder per identity (its name is the label), images "
         "directly in it or below. The largest face of each image is used; images without a "
         "face or that cannot be read are skipped and reported. Re-running updates samples in "
-        "place (keyed by '<label>/<file>' and embedder). Publishes a new gallery snapshot."
+        "place (keyed by '<label>/<file>' and embedder). Publishes a new gallery snapshot. "
+        "With --labels, DIR is a flat folder labelled by a CSV (the course's layout)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dir", type=Path, help="folder with one sub-folder per identity")
+        parser.add_argument(
+            "--labels",
+            type=Path,
+            help="CSV with an 'Image,Results' header (Image = file stem) labelling a flat DIR",
+        )
         parser.add_argument(
             "--replace",
             action="store_true",
             help="first delete this embedder's existing samples of the identities in DIR",
         )
 
-    def handle(self, *args, dir: Path, replace: bool, verbosity: int, **options) -> None:
+    def handle(
+        self, *args, dir: Path, labels: Path | None, replace: bool, verbosity: int, **options
+    ) -> None:
         try:
-            images, strays = images_by_folder(dir)
+            if labels is None:
+                images, strays = images_by_folder(dir)
+            else:
+                images, strays = images_from_labels_csv(dir, labels)
         except EnrolmentError as exc:
             raise CommandError(str(exc)) from exc
         try:
@@ -35,7 +52,7 @@ class Command(BaseCommand):
         except EmbedderUnavailable as exc:
             raise CommandError(f"face engine unavailable: {exc}") from exc
 
-        labels = sorted({image.label for image in images})
+        identities = sorted({image.label for image in images})
         run = embed_images(engine, images, show_progress=verbosity > 0)
         skipped = strays + run.skipped
         if not run.samples:
@@ -43,21 +60,21 @@ class Command(BaseCommand):
             self._report_skipped(skipped)
             raise CommandError(f"no face enrolled: all {len(images)} images in {dir} were skipped")
         saved = gallery_store.save_samples(
-            engine.embedder_name, run.samples, replace_labels=labels if replace else ()
+            engine.embedder_name, run.samples, replace_labels=identities if replace else ()
         )
         snapshot, gallery = gallery_store.publish_snapshot(engine.embedder_name)
 
         enrolled = sorted({sample.label for sample in run.samples})
         out = self.stdout
         out.write(
-            f"embedder {engine.embedder_name}: {len(images)} images in {len(labels)} "
-            f"identity folders, {len(run.samples)} faces enrolled for {len(enrolled)} identities"
+            f"embedder {engine.embedder_name}: {len(images)} images of {len(identities)} "
+            f"identities, {len(run.samples)} faces enrolled for {len(enrolled)} identities"
         )
         out.write(
             f"samples: {saved.added} added, {saved.updated} updated, {saved.unchanged} unchanged"
             + (f", {saved.removed} removed (--replace)" if replace else "")
         )
-        for label in sorted(set(labels) - set(enrolled)):
+        for label in sorted(set(identities) - set(enrolled)):
             out.write(self.style.WARNING(f"identity {label}: no usable face, not enrolled"))
         for source, count in run.several_faces.items():
             out.write(f"  {source}: {count} faces, used the largest")

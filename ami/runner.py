@@ -24,7 +24,9 @@ Fork safety: the zygote stays single-threaded (a thread could hold a lock at the
 child would then wait on forever) and never runs a torch op on more than one thread (an OpenMP
 thread pool does not survive a fork: the child's first parallel op would hang). It counts its
 OS threads before every fork and execs instead of forking if that count is ever above one.
-Children die with the runner (PDEATHSIG), so a restarted runner never finds orphans.
+`manage.py runinstances` starts the interpreter with native thread pools pinned to one thread,
+since numpy's OpenBLAS would otherwise start its threads on import. Children die with the runner
+(PDEATHSIG), so a restarted runner never finds orphans.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Worker:
     pid: int
     # Monotonic time at which a worker that was sent SIGTERM gets SIGKILL; None while it runs.
     kill_at: float | None = None
+    killed: bool = False  # SIGKILL sent
 
     def __str__(self) -> str:
         return f"{self.name} ({self.instance_id}, pid {self.pid})"
@@ -273,10 +276,12 @@ class InstanceRunner:
     def kill_overdue(self) -> None:
         now = time.monotonic()
         for worker in self.workers.values():
-            if worker.kill_at is not None and (self.hurry or now >= worker.kill_at):
+            if worker.kill_at is None or worker.killed:
+                continue
+            if self.hurry or now >= worker.kill_at:
                 logger.warning("%s: still running, killing its worker (SIGKILL)", worker)
                 signal_process(worker.pid, signal.SIGKILL)
-                worker.kill_at = float("inf")  # once
+                worker.killed = True
 
     def reap(self) -> None:
         """Collect every exited child (no zombies) and say what became of its instance."""
@@ -386,7 +391,9 @@ class InstanceRunner:
         # The zygote ran Django's system checks when it started; Celery's Django fix-up would
         # run them again in every worker.
         os.environ["CELERY_SKIP_CHECKS"] = "1"
-        torch.set_num_threads(int(environment.get("FACESITE_ENGINE_THREADS") or 1))
+        threads = int(environment.get("FACESITE_ENGINE_THREADS") or 1)
+        if threads > 0:  # 0 leaves torch's default, as the engine reads the setting
+            torch.set_num_threads(threads)
 
         def report_consuming(**_: object) -> None:
             logger.info(

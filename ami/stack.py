@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import TextIOBase
@@ -283,7 +284,9 @@ class LocalStack:
         self.services.append(service)
         return service
 
-    def wait_until(self, ready: Any, timeout: float, what: str, watched: list[Service]) -> None:
+    def wait_until(
+        self, ready: Callable[[], bool], timeout: float, what: str, watched: list[Service]
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             self.check_stop()

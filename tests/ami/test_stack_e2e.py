@@ -17,12 +17,12 @@ import psutil
 import pytest
 import requests
 
+from tests.conftest import course_labels
 from tests.harness import REPO_DIR, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 START_TIMEOUT = 300  # torch imports in several processes at once, on a machine others share
-IMAGE = REPO_DIR.parent / "shared" / "datasets" / "course" / "face_images_100" / "test_00.jpg"
 
 
 class RunningStack:
@@ -106,10 +106,25 @@ def running_stack(tmp_path):
     stack.kill()
 
 
-def test_the_stack_serves_an_upload_and_ctrl_c_stops_everything(running_stack):
-    stack = running_stack
+def test_the_stack_serves_an_upload_and_ctrl_c_stops_everything(
+    tmp_path, course_dir, course_gallery_dir
+):
+    stack = RunningStack(tmp_path, FACESITE_GALLERY_DIR=str(course_gallery_dir))
+    stack.start()
+    try:
+        serve_an_upload_then_stop(
+            stack,
+            course_dir / "face_images_100" / "test_00.jpg",
+            expected=course_labels(course_dir, "100")["test_00"],
+        )
+    finally:
+        stack.kill()
+
+
+def serve_an_upload_then_stop(stack: RunningStack, image_path: Path, expected: str) -> None:
     stack.wait_running()
     output = stack.output()
+    assert "Enrolling the gallery" in output
     assert f"web        {stack.web_url}/" in output
     assert "Admin user created: admin / stack-test-password" in output
     # Each gunicorn process imports the app on its first request: allow for a cold one.
@@ -124,11 +139,12 @@ def test_the_stack_serves_an_upload_and_ctrl_c_stops_everything(running_stack):
     )["Reservations"]
     assert len(web_instances) == 1
 
-    # Through every piece: web -> SQS -> scaler starts an instance -> runner boots its worker.
-    with open(IMAGE, "rb") as image:
+    # Through every piece: web -> SQS -> scaler starts an instance -> runner boots its worker,
+    # which knows the enrolled gallery.
+    with open(image_path, "rb") as image:
         upload = {"inputFile": ("test_00.jpg", image)}
         reply = requests.post(stack.web_url, files=upload, timeout=120)
-    assert reply.status_code == 200 and reply.text.startswith("test_00:"), reply.text
+    assert (reply.status_code, reply.text) == (200, f"test_00:{expected}")
 
     for name in ("moto", "instances", "scaler", "web", "setup"):
         assert (stack.var_dir / "log" / f"{name}.log").stat().st_size > 0

@@ -66,7 +66,9 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class SourceTree:
-    """The files of this working tree that git does not ignore, as they are on disk."""
+    """The files of this working tree that git does not ignore, as they are on disk: what
+    `git archive` would pack, plus uncommitted edits and new files, which a build from a local
+    checkout is expected to include."""
 
     root: Path
     files: tuple[str, ...]
@@ -534,13 +536,16 @@ def launch_builder(plan: BuildPlan, base_ami: str, security_group_id: str, user_
         "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
     }
     ec2 = aws.client("ec2")
-    # A new instance profile takes a few seconds to be usable by EC2.
+    # A new instance profile takes a few seconds to reach EC2, which meanwhile calls it invalid.
     deadline = time.monotonic() + 90
     while True:
         try:
             return ec2.run_instances(**request)["Instances"][0]["InstanceId"]
         except ClientError as error:
-            profile_not_ready = "iam" in error.response["Error"].get("Message", "").lower()
+            detail = error.response["Error"]
+            profile_not_ready = detail.get("Code") == "InvalidParameterValue" and (
+                "iaminstanceprofile" in detail.get("Message", "").lower()
+            )
             if not profile_not_ready or time.monotonic() > deadline:
                 raise
             time.sleep(5)

@@ -16,8 +16,18 @@ $(STAMP): requirements/*.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	touch $(STAMP)
 
+# The course's labelled photos are the default gallery when ../shared is beside the clone;
+# GALLERY=dir (one sub-folder per identity) enrolls another, GALLERY= none.
+COURSE := ../shared/datasets/course
+ifeq ($(origin GALLERY),undefined)
+ifneq ($(wildcard $(COURSE)/labels_100.csv),)
+GALLERY := $(COURSE)/face_images_100
+GALLERY_LABELS ?= $(COURSE)/labels_100.csv
+endif
+endif
+
 run: $(STAMP)
-	$(PY) manage.py runstack
+	$(PY) manage.py runstack $(if $(GALLERY),--gallery $(GALLERY)) $(if $(GALLERY_LABELS),--gallery-labels $(GALLERY_LABELS))
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

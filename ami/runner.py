@@ -143,7 +143,10 @@ class InstanceRunner:
         app.backend  # noqa: B018
         get_engine()
         self.environment = worker_environment()
-        # Nothing to share: children open their own connections.
+        # Parse the service models a worker uses into the process's boto3 session (clients are
+        # then cheap to build), but share no connection: children open their own.
+        for service in ("s3", "sqs", "ec2"):
+            aws.client(service)
         from django.db import connections
 
         connections.close_all()

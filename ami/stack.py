@@ -96,9 +96,16 @@ class Service:
 
 
 class LocalStack:
-    def __init__(self, web_port: int, gallery: Path | None, out: TextIOBase | IO[str]) -> None:
+    def __init__(
+        self,
+        web_port: int,
+        gallery: Path | None,
+        out: TextIOBase | IO[str],
+        gallery_labels: Path | None = None,
+    ) -> None:
         self.web_port = web_port
         self.gallery = gallery
+        self.gallery_labels = gallery_labels
         self.out = out
         self.log_dir = Path(settings.VAR_DIR) / "log"
         self.services: list[Service] = []
@@ -254,10 +261,13 @@ class LocalStack:
 
     def enroll(self, gallery: Path, log: IO[str]) -> None:
         self.say(f"Enrolling the gallery in {gallery} (log: {log.name})")
-        log.write(f"--- manage.py enroll {gallery}\n")
+        argv = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "enroll", str(gallery)]
+        if self.gallery_labels:
+            argv += ["--labels", str(self.gallery_labels)]
+        log.write(f"--- {' '.join(argv[1:])}\n")
         log.flush()
         enroll = subprocess.Popen(
-            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "enroll", str(gallery)],
+            argv,
             cwd=settings.BASE_DIR,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -22,8 +22,13 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
 def post_worker_init(worker: object) -> None:
+    from django.urls import get_resolver
+
     from recognition.responses import start_consumers
 
+    # Load the URLconf and views now: the health check reaches only one process, and the
+    # first upload to another shouldn't pay for the imports.
+    get_resolver().resolve("/")
     start_consumers()
 
 

@@ -59,9 +59,7 @@ def recognize_upload(task, key: str, version: str, gallery_version: str) -> None
     )
 
 
-def recognize_object(
-    key: str, version: str, gallery_version: str
-) -> tuple[results.Result, float]:
+def recognize_object(key: str, version: str, gallery_version: str) -> tuple[results.Result, float]:
     """Fetch one stored upload and name the largest face in it; also the engine's seconds."""
     # Imported here, not at the top: the web tier imports this module to send the task, and
     # must not load torch for that.

@@ -18,6 +18,9 @@ from facesite import aws
 
 logger = logging.getLogger(__name__)
 
+# After stopping our own instance, how long to wait before checking again.
+STOP_RECHECK_SECONDS = 5.0
+
 _busy = threading.Event()
 _stopping = threading.Event()
 
@@ -77,7 +80,9 @@ def self_stop_loop(instance: str, interval: float) -> None:
     instance is never stopped while any worker holds work. A message that arrives during the
     stop is finished by Celery's warm shutdown (SIGTERM) before the process exits.
     """
-    while not _stopping.wait(interval):
+    pause = interval
+    while not _stopping.wait(pause):
+        pause = interval
         if _busy.is_set():
             continue
         try:
@@ -88,7 +93,9 @@ def self_stop_loop(instance: str, interval: float) -> None:
             logger.exception("self-stop check failed; retrying")
             continue
         logger.info("queue empty and idle: stopping instance %s", instance)
-        return
+        # Shutdown normally follows within moments; if the instance was started again before
+        # it stopped, this worker lives on and must keep checking.
+        pause = STOP_RECHECK_SECONDS
 
 
 @worker_ready.connect

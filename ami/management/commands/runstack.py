@@ -31,8 +31,24 @@ class Command(BaseCommand):
             help="enroll this folder (one sub-folder per identity) before starting "
             "(default: FACESITE_GALLERY_DIR)",
         )
+        parser.add_argument(
+            "--gallery-labels",
+            type=Path,
+            default=os.environ.get("FACESITE_GALLERY_LABELS") or None,
+            help="the gallery is a flat folder labelled by this 'Image,Results' CSV, as the "
+            "course's (default: FACESITE_GALLERY_LABELS)",
+        )
 
-    def handle(self, *args: Any, port: int, gallery: Path | None, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        port: int,
+        gallery: Path | None,
+        gallery_labels: Path | None,
+        **options: Any,
+    ) -> None:
         if gallery is not None and not gallery.is_dir():
             raise CommandError(f"--gallery {gallery}: not a folder")
-        sys.exit(LocalStack(port, gallery, self.stdout).run())
+        if gallery_labels is not None and not gallery_labels.is_file():
+            raise CommandError(f"--gallery-labels {gallery_labels}: no such file")
+        sys.exit(LocalStack(port, gallery, self.stdout, gallery_labels).run())

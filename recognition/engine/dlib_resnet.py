@@ -23,6 +23,7 @@ with a bias, so it is folded into that convolution at load time: same result, on
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,7 @@ class _Reader:
         shape = tuple(self.int() for _ in range(4))
         if any(size < 0 for size in shape):
             raise WeightsFormatError(f"negative tensor size {shape} at byte {self.pos}")
-        count = int(np.prod(shape))
+        count = math.prod(shape)  # exact: np.prod would wrap around on a forged header
         values = np.frombuffer(self._take(4 * count), dtype="<f4").astype(np.float32)
         if not np.isfinite(values).all():
             raise WeightsFormatError(f"a tensor of shape {shape} holds NaN or infinite values")

@@ -175,7 +175,9 @@ FACESITE_REQUESTS_PER_INSTANCE = env_int("FACESITE_REQUESTS_PER_INSTANCE", 1)
 FACESITE_WARM_POOL = env_int("FACESITE_WARM_POOL", FACESITE_MAX_INSTANCES)
 # Seconds the queue must stay empty before the last instances are stopped.
 FACESITE_SETTLE_SECONDS = env_float("FACESITE_SETTLE_SECONDS", 1.0)
-FACESITE_SCALER_TICK = env_float("FACESITE_SCALER_TICK", 0.25)
+# Each tick reads EC2 and the queue; on the emulator a describe of 15 instances costs ~0.1 s of
+# its single core, so ticking faster than this slows down the work itself.
+FACESITE_SCALER_TICK = env_float("FACESITE_SCALER_TICK", 0.5)
 # A running instance that starts no work for this long while work waits is stopped (its worker
 # is presumed dead); on AWS boot takes longer, so it counts from when the instance went running.
 FACESITE_STUCK_AFTER = env_float("FACESITE_STUCK_AFTER", 30.0 if AWS_ENDPOINT_URL else 120.0)
@@ -235,8 +237,10 @@ CELERY_TASK_SEND_SENT_EVENT = False
 
 # --- Workers ------------------------------------------------------------------------------------
 
-# How often an idle worker checks whether the queue is empty so it can stop its own instance.
+# How often an idle worker checks whether the queue is empty so it can stop its own instance,
+# once it has been idle this long (a worker between two tasks of a busy queue doesn't check).
 FACESITE_SELF_STOP_INTERVAL = env_float("FACESITE_SELF_STOP_INTERVAL", 0.25)
+FACESITE_SELF_STOP_IDLE = env_float("FACESITE_SELF_STOP_IDLE", 0.5)
 
 # Response-queue consumer threads in each web process, and how often a process looks for its
 # waiting requests that another process completed.

@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import urllib.request
 
 from celery.signals import worker_ready, worker_shutting_down
@@ -23,6 +24,7 @@ STOP_RECHECK_SECONDS = 5.0
 
 _busy = threading.Event()
 _stopping = threading.Event()
+_idle_since = time.monotonic()
 
 
 def mark_busy() -> None:
@@ -30,7 +32,14 @@ def mark_busy() -> None:
 
 
 def mark_idle() -> None:
+    global _idle_since
+    _idle_since = time.monotonic()
     _busy.clear()
+
+
+def idle_for() -> float:
+    """Seconds since the last task ended (or the process started); 0 while a task runs."""
+    return 0.0 if _busy.is_set() else time.monotonic() - _idle_since
 
 
 @functools.cache
@@ -73,17 +82,18 @@ def queue_is_empty() -> bool:
     )
 
 
-def self_stop_loop(instance: str, interval: float) -> None:
+def self_stop_loop(instance: str, interval: float, idle_after: float) -> None:
     """Stop our own instance once we hold no task and the queue is empty.
 
-    Checked between tasks: a task's message stays in flight until it is acknowledged, so an
-    instance is never stopped while any worker holds work. A message that arrives during the
+    Checked once idle for `idle_after` seconds (so a worker of a busy queue doesn't add to the
+    queue's load): a task's message stays in flight until it is acknowledged, so an instance is
+    never stopped while any worker holds work. A message that arrives during the
     stop is finished by Celery's warm shutdown (SIGTERM) before the process exits.
     """
     pause = interval
     while not _stopping.wait(pause):
         pause = interval
-        if _busy.is_set():
+        if idle_for() < idle_after:
             continue
         try:
             if not queue_is_empty():
@@ -105,7 +115,7 @@ def start_self_stop(**_: object) -> None:
         return
     thread = threading.Thread(
         target=self_stop_loop,
-        args=(instance, settings.FACESITE_SELF_STOP_INTERVAL),
+        args=(instance, settings.FACESITE_SELF_STOP_INTERVAL, settings.FACESITE_SELF_STOP_IDLE),
         name="self-stop",
         daemon=True,
     )

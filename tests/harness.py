@@ -214,6 +214,9 @@ class Stack:
         self.manage("buildami")
         self.spawn("runner", [sys.executable, "manage.py", "runinstances"])
         self.spawn("scaler", [sys.executable, "manage.py", "runscaler"])
+        # Until its pre-warmed zygote is ready the runner can't boot workers quickly.
+        runner_log = self.log_dir / "runner.log"
+        wait_until(lambda: b"zygote ready" in runner_log.read_bytes(), 120, "the runner's zygote")
 
     def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
         if process.poll() is None:

@@ -148,7 +148,6 @@ REQUEST_MAX_RECEIVES = env_int("FACESITE_MAX_RECEIVES", 5)
 
 # Seconds an upload waits for its result before answering 504 (the result is still recorded).
 FACESITE_REPLY_TIMEOUT = env_float("FACESITE_REPLY_TIMEOUT", 120.0)
-FACESITE_MAX_FILENAME_CHARS = env_int("FACESITE_MAX_FILENAME_CHARS", 200)
 
 # --- Face engine --------------------------------------------------------------------------------
 

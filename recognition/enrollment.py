@@ -118,6 +118,15 @@ def images_from_labels_csv(
     return images, unlabelled
 
 
+def labelled_images(
+    folder: Path, labels_csv: Path | None = None
+) -> tuple[list[LabelledImage], list[Skipped]]:
+    """Folder-per-identity layout, or the course's flat layout when a labels CSV is given."""
+    if labels_csv is None:
+        return images_by_folder(folder)
+    return images_from_labels_csv(folder, labels_csv)
+
+
 def embed_images(
     engine: Engine, images: Iterable[LabelledImage], show_progress: bool = True
 ) -> EmbeddingRun:

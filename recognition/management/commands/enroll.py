@@ -10,8 +10,7 @@ from recognition.enrollment import (
     EnrolmentError,
     Skipped,
     embed_images,
-    images_by_folder,
-    images_from_labels_csv,
+    labelled_images,
 )
 
 
@@ -41,10 +40,7 @@ class Command(BaseCommand):
         self, *args, dir: Path, labels: Path | None, replace: bool, verbosity: int, **options
     ) -> None:
         try:
-            if labels is None:
-                images, strays = images_by_folder(dir)
-            else:
-                images, strays = images_from_labels_csv(dir, labels)
+            images, strays = labelled_images(dir, labels)
         except EnrolmentError as exc:
             raise CommandError(str(exc)) from exc
         try:

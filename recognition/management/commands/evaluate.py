@@ -26,7 +26,7 @@ from recognition.enrollment import (
     LabelledImage,
     embed_images,
     images_by_folder,
-    images_from_labels_csv,
+    labelled_images,
 )
 from recognition.gallery import UNKNOWN, Gallery
 
@@ -151,10 +151,7 @@ class Command(BaseCommand):
         show_progress = options["verbosity"] > 0
         try:
             gallery_images, gallery_strays = images_by_folder(gallery)
-            if labels is None:
-                probe_images, probe_skipped = images_by_folder(probes)
-            else:
-                probe_images, probe_skipped = images_from_labels_csv(probes, labels)
+            probe_images, probe_skipped = labelled_images(probes, labels)
         except EnrolmentError as exc:
             raise CommandError(str(exc)) from exc
         try:

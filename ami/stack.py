@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management import call_command, get_commands
 
+from ami import emulator
 from ami.images import current_image_id
 from ami.processes import die_with_parent
 from ami.runner import DEFAULT_STOP_GRACE
@@ -166,10 +167,8 @@ class LocalStack:
         self.say(f"Starting the AWS emulator on {settings.AWS_ENDPOINT_URL}")
         moto = self.add(
             "moto",
-            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.emulator_port)],
+            emulator.command(self.emulator_port),
             stop_timeout=10,
-            # The ~1,300 public AMIs moto loads by default serve nothing here and cost seconds.
-            env={"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
         )
         self.wait_until(self.emulator_ready, EMULATOR_READY_TIMEOUT, "the emulator", [moto])
 

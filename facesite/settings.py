@@ -241,7 +241,10 @@ CELERY_TASK_SEND_SENT_EVENT = False
 FACESITE_SELF_STOP_INTERVAL = env_float("FACESITE_SELF_STOP_INTERVAL", 0.25)
 FACESITE_SELF_STOP_IDLE = env_float("FACESITE_SELF_STOP_IDLE", 0.5)
 
-# Response-queue consumer threads in each web process, and how often a process looks for its
-# waiting requests that another process completed.
+# Response-queue consumer threads in each web process. A result read by one process for a
+# request waiting in another is passed on to the waiting process's wake socket, bound on
+# FACESITE_WAKE_HOST (a web machine's private address when several machines share the work);
+# as a backstop each process also looks in the database for its completed requests this often.
 FACESITE_RESPONSE_CONSUMERS = env_int("FACESITE_RESPONSE_CONSUMERS", 2)
-FACESITE_SWEEP_INTERVAL = env_float("FACESITE_SWEEP_INTERVAL", 0.05)
+FACESITE_WAKE_HOST = os.environ.get("FACESITE_WAKE_HOST", "127.0.0.1")
+FACESITE_SWEEP_INTERVAL = env_float("FACESITE_SWEEP_INTERVAL", 1.0)

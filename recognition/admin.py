@@ -54,6 +54,7 @@ class UploadRequestAdmin(ReadOnlyAdmin):
             {
                 "fields": (
                     "worker_instance_id",
+                    "reply_to",
                     "s3_version",
                     "gallery_version",
                     "result_status",

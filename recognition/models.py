@@ -38,6 +38,8 @@ class UploadRequest(models.Model):
     result_status = models.PositiveSmallIntegerField(null=True, blank=True)
     reply_status = models.PositiveSmallIntegerField(null=True, blank=True)
     worker_instance_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # The web process waiting for the result: the host:port of its wake socket.
+    reply_to = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(db_index=True)
     stored_at = models.DateTimeField(null=True, blank=True)

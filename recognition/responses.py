@@ -1,18 +1,21 @@
 """The web tier's side of the response queue.
 
-Every gunicorn process runs a consumer that long-polls the response queue in batches, completes
-the history rows and wakes the requests waiting in this process. Any process may read any
-result, so a request waiting in another process is woken by a sweeper that looks up, in one
-query, which of this process's waiting requests another process has completed.
+Every gunicorn process runs consumers that long-poll the response queue in batches, complete the
+history rows and wake the requests waiting in this process. Any process may read any result:
+one read for a request waiting elsewhere is passed on, as a datagram naming the request, to the
+wake socket of the process the request's row names (`reply_to`). A sweeper that looks up, in
+one query, which of this process's waiting requests are complete is the backstop for a datagram
+that never arrives.
 """
 
 import logging
+import socket
 import threading
 import time
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 
 from facesite import aws
 from recognition.models import UploadRequest
@@ -38,11 +41,14 @@ class Waiters:
         with self._lock:
             self._events.pop(request_id, None)
 
-    def wake(self, request_id: str) -> None:
+    def wake(self, request_id: str) -> bool:
+        """Wake the request if it waits in this process; False when it doesn't."""
         with self._lock:
             event = self._events.get(request_id)
-        if event is not None:
-            event.set()
+        if event is None:
+            return False
+        event.set()
+        return True
 
     def pending(self) -> list[str]:
         with self._lock:
@@ -88,26 +94,28 @@ class ResponseConsumer(threading.Thread):
     def __init__(self, stop: threading.Event, name: str = "response-consumer") -> None:
         super().__init__(name=name, daemon=True)
         self.stop = stop
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def run(self) -> None:
         sqs = aws.client("sqs")
-        while not self.stop.is_set():
-            try:
-                messages = sqs.receive_message(
-                    QueueUrl=settings.RESPONSE_QUEUE_URL,
-                    MaxNumberOfMessages=10,
-                    WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
-                ).get("Messages", [])
-                if messages:
-                    self.handle(messages)
-            except Exception:
-                logger.exception("response consumer: receive failed; retrying in 1 s")
-                self.stop.wait(1.0)
-            finally:
-                close_old_connections()
+        with self.sender:
+            while not self.stop.is_set():
+                try:
+                    messages = sqs.receive_message(
+                        QueueUrl=settings.RESPONSE_QUEUE_URL,
+                        MaxNumberOfMessages=10,
+                        WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
+                    ).get("Messages", [])
+                    if messages:
+                        self.handle(messages)
+                except Exception:
+                    logger.exception("response consumer: receive failed; retrying in 1 s")
+                    connection.close()  # a broken database connection is opened afresh
+                    self.stop.wait(1.0)
 
     def handle(self, messages: list[dict]) -> None:
         done = []
+        waiting_elsewhere = []
         for message in messages:
             try:
                 result = Result.from_json(message["Body"])
@@ -115,15 +123,55 @@ class ResponseConsumer(threading.Thread):
                 logger.error("response consumer: dropping malformed message %r", message["Body"])
             else:
                 record_result(result)
-                waiters.wake(result.request_id)
+                if not waiters.wake(result.request_id):
+                    waiting_elsewhere.append(result.request_id)
             done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})
+        if waiting_elsewhere:
+            self.pass_on(waiting_elsewhere)
         # Deleted only after the rows are written: a process that dies before this point leaves
         # the results to come back after the visibility timeout, and recording is idempotent.
         aws.client("sqs").delete_message_batch(QueueUrl=settings.RESPONSE_QUEUE_URL, Entries=done)
 
+    def pass_on(self, request_ids: list[str]) -> None:
+        """Tell the processes these requests wait in that their rows are complete."""
+        rows = (
+            UploadRequest.objects.filter(pk__in=request_ids)
+            .exclude(reply_to__in=["", reply_address()])
+            .values_list("pk", "reply_to")
+        )
+        for request_id, address in rows:
+            host, _, port = address.rpartition(":")
+            try:
+                self.sender.sendto(str(request_id).encode(), (host, int(port)))
+            except (OSError, ValueError) as error:
+                # The waiting process's sweeper still finds the row complete.
+                logger.warning("could not pass on request %s to %s: %s", request_id, address, error)
+
+
+class WakeListener(threading.Thread):
+    """Receives the ids of this process's requests whose result another process recorded."""
+
+    def __init__(self, stop: threading.Event, host: str) -> None:
+        super().__init__(name="wake-listener", daemon=True)
+        self.stop = stop
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind((host, 0))
+        self.socket.settimeout(0.5)  # how soon the thread notices `stop`
+        bound_host, port = self.socket.getsockname()
+        self.address = f"{bound_host}:{port}"
+
+    def run(self) -> None:
+        with self.socket:
+            while not self.stop.is_set():
+                try:
+                    datagram = self.socket.recv(64)
+                except TimeoutError:
+                    continue
+                waiters.wake(datagram.decode("ascii", errors="replace"))
+
 
 class Sweeper(threading.Thread):
-    """Wakes this process's waiting requests whose result another process recorded."""
+    """Wakes this process's waiting requests whose completion it was not told of."""
 
     def __init__(self, stop: threading.Event, interval: float) -> None:
         super().__init__(name="response-sweeper", daemon=True)
@@ -143,36 +191,52 @@ class Sweeper(threading.Thread):
                     waiters.wake(str(request_id))
             except Exception:
                 logger.exception("response sweeper failed; retrying")
-            finally:
-                close_old_connections()
+                connection.close()
 
 
 _stop = threading.Event()
 _threads: list[threading.Thread] = []
 _started_lock = threading.Lock()
+_reply_address = ""
+
+
+def reply_address() -> str:
+    """Where other web processes reach this one's wake socket; "" before `start_consumers`."""
+    return _reply_address
 
 
 def start_consumers() -> None:
-    """Start this process's consumers and sweeper (once; gunicorn calls it in each worker)."""
+    """Start this process's consumers, wake listener and sweeper (once; gunicorn calls it in
+    each worker)."""
+    global _reply_address
     with _started_lock:
         if _threads:
             return
         _stop.clear()
+        listener = WakeListener(_stop, settings.FACESITE_WAKE_HOST)
+        _reply_address = listener.address
+        _threads.append(listener)
         for index in range(settings.FACESITE_RESPONSE_CONSUMERS):
             _threads.append(ResponseConsumer(_stop, name=f"response-consumer-{index}"))
         _threads.append(Sweeper(_stop, settings.FACESITE_SWEEP_INTERVAL))
         for thread in _threads:
             thread.start()
-        logger.info("response consumers started (%d)", settings.FACESITE_RESPONSE_CONSUMERS)
+        logger.info(
+            "response consumers started (%d), wake socket %s",
+            settings.FACESITE_RESPONSE_CONSUMERS,
+            _reply_address,
+        )
 
 
 def stop_consumers(timeout: float = 5.0) -> None:
+    global _reply_address
     with _started_lock:
         _stop.set()
         deadline = time.monotonic() + timeout
         for thread in _threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         _threads.clear()
+        _reply_address = ""
 
 
 def consumers_alive() -> bool:

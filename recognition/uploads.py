@@ -10,16 +10,18 @@ import posixpath
 import threading
 from dataclasses import dataclass
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from facesite import aws
 from recognition import snapshots
 from recognition.engine import ImageError, configured_embedder_name, load_image
 from recognition.gallery_store import latest_snapshot_version, snapshot_data
 from recognition.models import UploadRequest, file_stem
-from recognition.responses import waiters
+from recognition.responses import reply_address, waiters
 from recognition.tasks import recognize_upload
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,13 @@ logger = logging.getLogger(__name__)
 # The file name travels in the task message twice JSON-escaped; this bounds its share of the
 # 1,024-byte request-queue budget (the rest is Celery's envelope, the ids and the versions).
 MAX_FILE_NAME_WIRE_BYTES = 300
+
+# At most this many uploads of one process call S3 or SQS at once. A thousand simultaneous uploads
+# then wait their turn on pooled connections instead of opening a thousand new ones together,
+# which overflowed the emulator's listen backlog (connect timeouts) and costs a TLS handshake
+# each on AWS. It is below facesite.aws's pool size, so every call finds a pooled connection.
+AWS_CALLS_AT_ONCE = 32
+_aws_slots = threading.BoundedSemaphore(AWS_CALLS_AT_ONCE)
 
 
 class UploadRefused(Exception):
@@ -79,23 +88,25 @@ def current_gallery_version() -> str:
 
 def handle_upload(file_name: str, data: bytes) -> Reply:
     """Store, queue and wait for one validated upload; the history row follows each stage."""
-    row = UploadRequest.objects.create(file_name=file_name, received_at=timezone.now())
+    row = UploadRequest.objects.create(
+        file_name=file_name, received_at=timezone.now(), reply_to=reply_address()
+    )
     request_id = str(row.pk)
-    stored = aws.client("s3").put_object(Bucket=settings.INPUT_BUCKET, Key=file_name, Body=data)
-    row.s3_version = stored.get("VersionId") or ""
-    row.gallery_version = current_gallery_version()
-    row.stored_at = timezone.now()
-    row.status = UploadRequest.Status.STORED
-    row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
-
     arrived = waiters.register(request_id)
     try:
-        recognize_upload.apply_async(
-            args=(file_name, row.s3_version, row.gallery_version), task_id=request_id
-        )
-        UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
-            status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
-        )
+        try:
+            store_and_queue(row, data)
+        except (BotoCoreError, ClientError, OperationalError) as error:
+            logger.error(
+                "upload %s (%s) could not be stored or queued: %s", request_id, file_name, error
+            )
+            unavailable = "Storage or queueing is unavailable right now; try again shortly."
+            UploadRequest.objects.filter(pk=row.pk).update(
+                status=UploadRequest.Status.FAILED,
+                error=f"{unavailable} ({error})",
+                reply_status=503,
+            )
+            raise UploadRefused(503, unavailable) from error
         # Waiting can take long: don't hold a database connection (and SQLite's file handles)
         # through it.
         connection.close()
@@ -109,6 +120,27 @@ def handle_upload(file_name: str, data: bytes) -> Reply:
         replied_at=timezone.now(), reply_status=reply.status
     )
     return reply
+
+
+def store_and_queue(row: UploadRequest, data: bytes) -> None:
+    """Put the image in the input bucket and send its task, recording both stages."""
+    with _aws_slots:
+        stored = aws.client("s3").put_object(
+            Bucket=settings.INPUT_BUCKET, Key=row.file_name, Body=data
+        )
+    row.s3_version = stored.get("VersionId") or ""
+    row.gallery_version = current_gallery_version()
+    row.stored_at = timezone.now()
+    row.status = UploadRequest.Status.STORED
+    row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
+    with _aws_slots:
+        recognize_upload.apply_async(
+            args=(row.file_name, row.s3_version, row.gallery_version), task_id=str(row.pk)
+        )
+    # A result may already be recorded: it keeps its final status.
+    UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
+        status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
+    )
 
 
 def reply_for(row: UploadRequest) -> Reply:

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 # After stopping our own instance, how long to wait before checking again.
 STOP_RECHECK_SECONDS = 5.0
+# The longest an idle worker waits between checks of a queue that still holds work; the scaler
+# stops idle instances after its settle time anyway.
+BUSY_QUEUE_RECHECK_MAX_SECONDS = 2.0
 
 _busy = threading.Event()
 _stopping = threading.Event()
@@ -92,11 +95,14 @@ def self_stop_loop(instance: str, interval: float, idle_after: float) -> None:
     """
     pause = interval
     while not _stopping.wait(pause):
-        pause = interval
         if idle_for() < idle_after:
+            pause = interval
             continue
         try:
             if not queue_is_empty():
+                # Work waits that this worker has not got yet, so others hold it or the queue
+                # is slow to hand it out: check less and less often rather than add to the load.
+                pause = min(pause * 2, BUSY_QUEUE_RECHECK_MAX_SECONDS)
                 continue
             aws.client("ec2").stop_instances(InstanceIds=[instance])
         except Exception:

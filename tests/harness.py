@@ -24,6 +24,8 @@ from typing import Any
 import boto3
 import requests
 
+from ami import emulator
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -46,18 +48,14 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
 
 
 class MotoServer:
-    """`moto_server` in a subprocess on a free loopback port."""
+    """The emulator (moto's server) in a subprocess on a free loopback port."""
 
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            emulator.command(self.port), stdout=self.log, stderr=subprocess.STDOUT
         )
         wait_until(self._ready, 20, "moto server")
 

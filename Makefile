@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/scaling.py
+	$(PY) bench/emulator.py
 
 clean:
 	rm -rf $(VENV) var

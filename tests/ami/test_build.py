@@ -106,7 +106,9 @@ def test_aws_build_images_the_stopped_builder(mocked_aws, settings):
             reservations = own_ec2.describe_instances(
                 Filters=[{"Name": f"tag:{ROLE_TAG}", "Values": [BUILDER_ROLE]}]
             )["Reservations"]
-            if reservations:
+            # moto lists the instance a moment before RunInstances attaches its profile: like
+            # the real builder, power off only once the launch is complete.
+            if reservations and "IamInstanceProfile" in reservations[0]["Instances"][0]:
                 seen_running.append(reservations[0]["Instances"][0])
                 own_ec2.stop_instances(InstanceIds=[seen_running[0]["InstanceId"]])
                 return

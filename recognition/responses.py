@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -119,6 +120,7 @@ class ResponseConsumer(threading.Thread):
         for message in messages:
             try:
                 result = Result.from_json(message["Body"])
+                uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
             except (ValueError, TypeError):
                 logger.error("response consumer: dropping malformed message %r", message["Body"])
             else:

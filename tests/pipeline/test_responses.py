@@ -78,3 +78,26 @@ def test_unreachable_storage_is_a_503_recorded_in_the_history(monkeypatch):
     row = UploadRequest.objects.get(file_name="a.jpg")
     assert (row.status, row.reply_status) == (UploadRequest.Status.FAILED, 503)
     assert waiters.pending() == []
+
+
+class RecordingSQS:
+    def __init__(self) -> None:
+        self.deleted: list[dict] = []
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict]) -> None:  # noqa: N803
+        self.deleted.extend(Entries)
+
+
+@pytest.mark.django_db
+def test_a_malformed_result_is_dropped_and_deleted(stop, monkeypatch, caplog):
+    sqs = RecordingSQS()
+    monkeypatch.setattr("recognition.responses.aws.client", lambda service: sqs)
+    messages = [
+        {"Body": "not json", "ReceiptHandle": "r1"},
+        {"Body": '{"status": 200, "request_id": "not-a-uuid"}', "ReceiptHandle": "r2"},
+    ]
+    consumer = ResponseConsumer(stop)
+    with consumer.sender:
+        consumer.handle(messages)
+    assert [entry["ReceiptHandle"] for entry in sqs.deleted] == ["r1", "r2"]
+    assert caplog.text.count("dropping malformed message") == 2

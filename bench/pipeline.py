@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +22,14 @@ sys.path.insert(0, str(REPO_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
 
 import django  # noqa: E402
+import numpy as np  # noqa: E402
 
 django.setup()
 
 from recognition.engine import get_engine  # noqa: E402
 from recognition.gallery import Gallery  # noqa: E402
 from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
-from tests.harness import MotoServer, Stack, upload, wait_until  # noqa: E402
+from tests.harness import scratch_stack, upload, wait_until  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -55,7 +55,7 @@ def engine_only(images: list[Path]) -> tuple[float, float]:
     gallery = Gallery(
         engine.embedder_name,
         [label for label, _ in gallery_rows],
-        __import__("numpy").stack([face.embedding for _, face in gallery_rows]),
+        np.stack([face.embedding for _, face in gallery_rows]),
     )
     blobs = [path.read_bytes() for path in images]
     for blob in blobs[:20]:
@@ -98,27 +98,17 @@ def main() -> None:
 
     engine_p50, engine_rate = engine_only(images)
 
-    with tempfile.TemporaryDirectory(prefix="facesite-bench-") as scratch:
-        work = Path(scratch)
-        moto = MotoServer(work)
-        stack = Stack(moto, work)
-        try:
-            gallery_dir = make_course_gallery(COURSE_DIR, work / "gallery")
-            stack.manage("migrate")
-            stack.manage("provision")
-            stack.manage("enroll", str(gallery_dir))
-            stack.start_worker("worker-1")
-            url = stack.start_web(processes=2)
-            http_latencies(url, images[:20])  # warm up: connections, gallery fetch
+    with scratch_stack() as (stack, work):
+        stack.deploy(make_course_gallery(COURSE_DIR, work / "gallery"))
+        stack.start_worker("worker-1")
+        url = stack.start_web(processes=2)
+        http_latencies(url, images[:20])  # warm up: connections, gallery fetch
 
-            single = http_latencies(url, images[:100])
-            one_worker = http_throughput(url, images, options.clients)
-            stack.start_worker("worker-2")
-            two_workers = http_throughput(url, images, options.clients)
-            wait_until(lambda: stack.queue_depth("req-queue") == (0, 0), 30, "queue drained")
-        finally:
-            stack.stop_all()
-            moto.stop()
+        single = http_latencies(url, images[:100])
+        one_worker = http_throughput(url, images, options.clients)
+        stack.start_worker("worker-2")
+        two_workers = http_throughput(url, images, options.clients)
+        wait_until(lambda: stack.queue_depth("req-queue") == (0, 0), 30, "queue drained")
 
     http_p50 = statistics.median(single)
     print(f"{'measure':<44}{'value':>12}")

@@ -12,7 +12,6 @@ PNG under bench/out/.
 import argparse
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
-from tests.harness import FleetSampler, MotoServer, Sample, Stack, upload, wait_until  # noqa: E402
+from tests.harness import FleetSampler, Sample, Stack, scratch_stack, upload, wait_until  # noqa: E402
 
 OUT_DIR = REPO_DIR / "bench" / "out"
 WORKLOADS = {"100": "face_images_100", "1000": "face_images_1000"}
@@ -101,21 +100,12 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
 
     results = {}
-    with tempfile.TemporaryDirectory(prefix="facesite-bench-") as scratch:
-        work = Path(scratch)
-        moto = MotoServer(work)
-        stack = Stack(moto, work)
-        try:
-            stack.manage("migrate")
-            stack.manage("provision")
-            stack.manage("enroll", str(make_course_gallery(COURSE_DIR, work / "gallery")))
-            stack.start_web(processes=2)
-            stack.start_elastic_tier()
-            for name in options.workloads:
-                results[name] = run_workload(stack, name)
-        finally:
-            stack.stop_all()
-            moto.stop()
+    with scratch_stack() as (stack, work):
+        stack.deploy(make_course_gallery(COURSE_DIR, work / "gallery"))
+        stack.start_web(processes=2)
+        stack.start_elastic_tier()
+        for name in options.workloads:
+            results[name] = run_workload(stack, name)
 
     print(f"{'measure':<34}" + "".join(f"{name + ' uploads':>16}" for name in results))
     for measure in next(iter(results.values())):

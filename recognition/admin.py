@@ -1,22 +1,9 @@
 """Read-only admin views: the request history and the enrolled gallery."""
 
 from django.contrib import admin
-from django.http import HttpRequest
 
+from facesite.admin import ReadOnlyAdmin
 from recognition.models import FaceSample, GallerySnapshot, Identity, UploadRequest
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History is written by the pipeline only; the admin shows it."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(UploadRequest)

@@ -1,22 +1,9 @@
 """Read-only views of the scaler's records: the scaler writes them, people only look."""
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from facesite.admin import ReadOnlyAdmin
 from scaler.models import FleetInstance, ScalingEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(ScalingEvent)

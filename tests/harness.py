@@ -7,16 +7,18 @@ Every stack gets its own prefix, database and log directory, so tests never touc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,12 @@ class Stack:
         self.processes.append(process)
         return process
 
+    def deploy(self, gallery_dir: Path) -> None:
+        """Create the database, the buckets and queues, and enroll `gallery_dir`."""
+        self.manage("migrate")
+        self.manage("provision")
+        self.manage("enroll", str(gallery_dir))
+
     def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
         log = self.log_dir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
@@ -293,3 +301,17 @@ def upload(
 ) -> requests.Response:
     with open(path, "rb") as image:
         return requests.post(url, files={"inputFile": (name or path.name, image)}, timeout=timeout)
+
+
+@contextlib.contextmanager
+def scratch_stack(**settings: str) -> Iterator[tuple[Stack, Path]]:
+    """A stack on its own emulator in a scratch folder, for the benchmarks; stopped at exit."""
+    with tempfile.TemporaryDirectory(prefix="facesite-bench-") as scratch:
+        work = Path(scratch)
+        moto = MotoServer(work)
+        stack = Stack(moto, work, **settings)
+        try:
+            yield stack, work
+        finally:
+            stack.stop_all()
+            moto.stop()

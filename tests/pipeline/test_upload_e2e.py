@@ -25,9 +25,7 @@ def stack(moto_server, tmp_path_factory, course_gallery_dir):
         tmp_path_factory.mktemp("pipeline"),
         FACESITE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
     )
-    stack.manage("migrate")
-    stack.manage("provision")
-    stack.manage("enroll", str(course_gallery_dir))
+    stack.deploy(course_gallery_dir)
     stack.start_worker("worker-1")
     stack.start_worker("worker-2")
     stack.start_web(processes=2)

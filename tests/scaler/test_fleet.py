@@ -43,6 +43,18 @@ def make_fleet(aws, prefix="", **kwargs) -> Fleet:
     return Fleet(ec2, sqs, **options)
 
 
+def offline_fleet(ec2: object = None, **kwargs) -> Fleet:
+    """A fleet whose EC2 is `ec2` (a stand-in, or none) and that has no queue."""
+    options = {
+        "prefix": "p",
+        "queue_url": "",
+        "image_id": str,
+        "user_data": str,
+        "instance_type": "",
+    }
+    return Fleet(ec2, None, **{**options, **kwargs})
+
+
 @pytest.fixture
 def fleet(aws) -> Fleet:
     return make_fleet(aws)
@@ -117,8 +129,7 @@ def test_a_retried_launch_returns_the_same_instance(fleet):
 
 
 def test_tokens_differ_by_generation_and_by_process():
-    a = Fleet(None, None, prefix="p", queue_url="", image_id=str, user_data=str, instance_type="")
-    b = Fleet(None, None, prefix="p", queue_url="", image_id=str, user_data=str, instance_type="")
+    a, b = offline_fleet(), offline_fleet()
     name = "app-tier-instance-15"
     assert a.token(name, 1) == a.token(name, 1) != a.token(name, 2)
     assert a.token(name, 1) != b.token(name, 1)
@@ -213,16 +224,7 @@ class ThrottledEC2:
 def test_throttled_batch_calls_back_off_and_retry():
     sleeps: list[float] = []
     ec2 = ThrottledEC2(throttled=3)
-    fleet = Fleet(
-        ec2,
-        None,
-        prefix="p",
-        queue_url="",
-        image_id=str,
-        user_data=str,
-        instance_type="",
-        sleep=sleeps.append,
-    )
+    fleet = offline_fleet(ec2, sleep=sleeps.append)
     (outcome,) = fleet.apply([state_action(Kind.STOP, "i-1")])
     assert outcome.result == Result.OK and ec2.calls == 4
     assert len(sleeps) == 3 and sleeps[0] < sleeps[2]
@@ -230,16 +232,6 @@ def test_throttled_batch_calls_back_off_and_retry():
 
 def test_throttling_that_persists_is_an_unknown_outcome():
     ec2 = ThrottledEC2(throttled=100)
-    fleet = Fleet(
-        ec2,
-        None,
-        prefix="p",
-        queue_url="",
-        image_id=str,
-        user_data=str,
-        instance_type="",
-        sleep=lambda s: None,
-        throttle_retries=2,
-    )
+    fleet = offline_fleet(ec2, sleep=lambda s: None, throttle_retries=2)
     (outcome,) = fleet.apply([state_action(Kind.STOP, "i-1")])
     assert outcome.result == Result.UNKNOWN and ec2.calls == 3

@@ -22,9 +22,7 @@ def elastic(moto_server, tmp_path_factory, course_gallery_dir):
         tmp_path_factory.mktemp("elastic"),
         FACESITE_MAX_INSTANCES=str(MAX_INSTANCES),
     )
-    stack.manage("migrate")
-    stack.manage("provision")
-    stack.manage("enroll", str(course_gallery_dir))
+    stack.deploy(course_gallery_dir)
     stack.start_web(processes=2)
     stack.start_elastic_tier()
     yield stack

@@ -5,13 +5,13 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
-from recognition.engine import EmbedderUnavailable, get_engine
 from recognition.enrollment import (
     EnrolmentError,
     Skipped,
     embed_images,
     labelled_images,
 )
+from recognition.management.engine import engine_or_command_error
 
 
 class Command(BaseCommand):
@@ -43,10 +43,7 @@ class Command(BaseCommand):
             images, strays = labelled_images(dir, labels)
         except EnrolmentError as exc:
             raise CommandError(str(exc)) from exc
-        try:
-            engine = get_engine()
-        except EmbedderUnavailable as exc:
-            raise CommandError(f"face engine unavailable: {exc}") from exc
+        engine = engine_or_command_error()
 
         identities = sorted({image.label for image in images})
         run = embed_images(engine, images, show_progress=verbosity > 0)

@@ -20,7 +20,7 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from recognition.engine import EmbedderUnavailable, Engine, ImageError, get_engine
+from recognition.engine import Engine, ImageError
 from recognition.enrollment import (
     EnrolmentError,
     LabelledImage,
@@ -29,6 +29,7 @@ from recognition.enrollment import (
     labelled_images,
 )
 from recognition.gallery import UNKNOWN, Gallery
+from recognition.management.engine import engine_or_command_error
 
 # Predictions that are not a gallery answer; parenthesised so they cannot clash with a label.
 NO_FACE = "(no face)"
@@ -154,10 +155,7 @@ class Command(BaseCommand):
             probe_images, probe_skipped = labelled_images(probes, labels)
         except EnrolmentError as exc:
             raise CommandError(str(exc)) from exc
-        try:
-            engine = get_engine()
-        except EmbedderUnavailable as exc:
-            raise CommandError(f"face engine unavailable: {exc}") from exc
+        engine = engine_or_command_error()
 
         run = embed_images(engine, gallery_images, show_progress=show_progress)
         if not run.samples:

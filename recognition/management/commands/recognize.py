@@ -5,8 +5,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recognition import gallery_store
-from recognition.engine import EmbedderUnavailable, ImageError, Recognition, get_engine
+from recognition.engine import ImageError, Recognition
 from recognition.gallery import GalleryFormatError
+from recognition.management.engine import engine_or_command_error
 
 
 class Command(BaseCommand):
@@ -27,10 +28,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, images: list[Path], verbose: bool, **options) -> None:
-        try:
-            engine = get_engine()
-        except EmbedderUnavailable as exc:
-            raise CommandError(f"face engine unavailable: {exc}") from exc
+        engine = engine_or_command_error()
         try:
             gallery = gallery_store.current_gallery(engine.embedder_name)
         except GalleryFormatError as exc:

@@ -1,4 +1,4 @@
-"""What the emulator's speed-ups (ami/emulator.py) save, per SQS call, in moto's own code.
+"""What the emulator's speed-ups (ami/local/emulator.py) save, per SQS call, in moto's own code.
 
     .venv/bin/python bench/emulator.py [--depth 1000]
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import moto.sqs.models  # noqa: E402
 
-from ami import emulator  # noqa: E402
+from ami.local import emulator  # noqa: E402
 
 CALLS = 20
 

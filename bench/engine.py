@@ -108,7 +108,7 @@ def main() -> None:
     import torch
 
     from recognition.engine import get_engine
-    from recognition.gallery import Gallery
+    from recognition.gallery.matching import Gallery
 
     engine = get_engine()
     labels, embeddings = [], []

@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 
 django.setup()
 
+from ami.local.harness import scratch_stack, upload, wait_until  # noqa: E402
 from recognition.engine import get_engine  # noqa: E402
-from recognition.gallery import Gallery  # noqa: E402
+from recognition.gallery.matching import Gallery  # noqa: E402
 from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
-from tests.harness import scratch_stack, upload, wait_until  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -24,8 +24,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ami.local.harness import FleetSampler, Sample, Stack, scratch_stack, upload, wait_until  # noqa: E402
 from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
-from tests.harness import FleetSampler, Sample, Stack, scratch_stack, upload, wait_until  # noqa: E402
 
 OUT_DIR = REPO_DIR / "bench" / "out"
 WORKLOADS = {"100": "face_images_100", "1000": "face_images_1000"}

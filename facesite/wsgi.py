@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn (see facesite/gunicorn.py for the server's configuration)."""
+"""WSGI entry point for gunicorn (its configuration: recognition/web/gunicorn.py)."""
 
 import os
 

@@ -1,40 +1,32 @@
 """The EC2 and SQS side of the scaler: observe the app tier by its tags, read the request queue's
 depth, and carry out the policy's actions.
 
-Every call goes through the boto3 clients handed in (facesite.aws builds them with botocore's
-standard retry mode), so the same driver talks to moto locally and to EC2 on AWS. Actions never
+Every call goes through the boto3 clients handed in (facesite.aws builds them with the project's
+one retry policy), so the same driver talks to moto locally and to EC2 on AWS. Actions never
 raise: each comes back as an Outcome (ok / failed / unknown) for the policy's next tick.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from scaler.policy import (
-    NAME_PREFIX,
-    Action,
-    Instance,
-    Kind,
-    Outcome,
-    Result,
-    State,
-    instance_number,
+from facesite.aws import readers
+from facesite.aws.names import (
+    APP_TIER_NAME_PREFIX,
+    LAUNCH_TOKEN_TAG,
+    Names,
+    Role,
+    app_tier_number,
 )
+from scaler.policy import Action, ActionResult, Instance, Kind, Outcome
 
 logger = logging.getLogger(__name__)
-
-PREFIX_TAG = "facesite:prefix"
-ROLE_TAG = "facesite:role"
-ROLE = "app-tier"
-TOKEN_TAG = "facesite:launch-token"
 
 THROTTLING_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
@@ -45,17 +37,17 @@ class NotSent(Exception):
     """The request never left this process: nothing can have happened."""
 
 
-def classify(error: Exception) -> Result:
+def classify(error: Exception) -> ActionResult:
     """FAILED when nothing can have happened (not sent, or a 4xx other than throttling), else
     UNKNOWN: a timeout or a 5xx may hide a success."""
     if isinstance(error, NotSent):
-        return Result.FAILED
+        return ActionResult.FAILED
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code not in THROTTLING_CODES and 400 <= status < 500:
-            return Result.FAILED
-    return Result.UNKNOWN
+            return ActionResult.FAILED
+    return ActionResult.UNKNOWN
 
 
 def describe_error(error: Exception) -> str:
@@ -82,12 +74,11 @@ class Fleet:
         security_group: str = "",
         key_name: str = "",
         session: str = "",
-        throttle_retries: int = 4,
-        sleep: Callable[[float], None] = time.sleep,
         max_workers: int = 8,
     ) -> None:
         self.ec2, self.sqs = ec2, sqs
         self.prefix, self.queue_url = prefix, queue_url
+        self.names = Names(prefix, region="", account="")  # for the tags only
         # Called at launch time, not here: the AMI may be rebuilt while the scaler runs, and a
         # missing image must fail a launch, not the scaler.
         self.image_id, self.user_data = image_id, user_data
@@ -98,63 +89,36 @@ class Fleet:
         # Part of every ClientToken: a new scaler process must not reuse an old process's tokens,
         # or EC2 would answer a fresh launch with a long-terminated instance.
         self.session = session or uuid.uuid4().hex[:12]
-        self.throttle_retries = throttle_retries
-        self.sleep = sleep
         self.max_workers = max_workers
         self._misnamed: set[str] = set()
 
     # --- observing ----------------------------------------------------------------------------
 
-    def tag_filters(self) -> list[dict[str, Any]]:
-        return [
-            {"Name": f"tag:{PREFIX_TAG}", "Values": [self.prefix]},
-            {"Name": f"tag:{ROLE_TAG}", "Values": [ROLE]},
-        ]
-
     def describe(self) -> tuple[Instance, ...]:
         """Every app-tier instance of this deployment, terminated ones included."""
-        return tuple(self._instances(self.tag_filters()))
+        records = readers.instances(self.ec2, self.prefix, Role.APP_TIER)
+        return tuple(
+            instance for record in records if (instance := self._parse(record)) is not None
+        )
 
-    def _instances(self, filters: list[dict[str, Any]]) -> Iterable[Instance]:
-        paginator = self.ec2.get_paginator("describe_instances")
-        for page in paginator.paginate(Filters=filters):
-            for reservation in page["Reservations"]:
-                for raw in reservation["Instances"]:
-                    instance = self._parse(raw)
-                    if instance is not None:
-                        yield instance
-
-    def _parse(self, raw: dict[str, Any]) -> Instance | None:
-        tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
-        number = instance_number(tags.get("Name", ""))
+    def _parse(self, record: readers.InstanceRecord) -> Instance | None:
+        number = app_tier_number(record.name)
         if number is None:
             # Ours by tag but not named app-tier-instance-<n>: someone renamed it. Leave it be.
-            if raw["InstanceId"] not in self._misnamed:
-                self._misnamed.add(raw["InstanceId"])
+            if record.id not in self._misnamed:
+                self._misnamed.add(record.id)
                 logger.warning(
-                    "ignoring %s: tagged as app tier but named %r",
-                    raw["InstanceId"],
-                    tags.get("Name"),
+                    "ignoring %s: tagged as app tier but named %r", record.id, record.name
                 )
             return None
-        launch_time = raw.get("LaunchTime")
         return Instance(
-            id=raw["InstanceId"],
-            number=number,
-            state=State(raw["State"]["Name"]),
-            launched_at=launch_time.timestamp() if launch_time else None,
+            id=record.id, number=number, state=record.state, launched_at=record.launched_at
         )
 
     def queue_depth(self) -> tuple[int, int]:
         """(visible, in flight) on the request queue."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
+        depth = readers.queue_depth(self.sqs, self.queue_url)
+        return depth.visible, depth.in_flight
 
     # --- acting -------------------------------------------------------------------------------
 
@@ -180,9 +144,9 @@ class Fleet:
         ids = [a.instance_id for a in actions]
         try:
             self.change_state(kind, ids)
-            return [Outcome(a, Result.OK) for a in actions]
+            return [Outcome(a, ActionResult.OK) for a in actions]
         except Exception as error:
-            if len(actions) == 1 or classify(error) != Result.FAILED:
+            if len(actions) == 1 or classify(error) != ActionResult.FAILED:
                 return [Outcome(a, classify(error), describe_error(error)) for a in actions]
             # EC2 refuses a whole batch for one instance in the wrong state (say, one whose
             # worker just stopped it): do the rest one by one.
@@ -195,14 +159,14 @@ class Fleet:
             Kind.STOP: "stop_instances",
             Kind.TERMINATE: "terminate_instances",
         }[kind]
-        self._call(getattr(self.ec2, operation), InstanceIds=instance_ids)
+        getattr(self.ec2, operation)(InstanceIds=instance_ids)
 
     def _launch_outcome(self, action: Action) -> list[Outcome]:
         try:
             instance_id = self.launch(action.name, action.generation, retry=action.retry)
         except Exception as error:
             return [Outcome(action, classify(error), describe_error(error))]
-        return [Outcome(action, Result.OK, instance_id)]
+        return [Outcome(action, ActionResult.OK, instance_id)]
 
     def token(self, name: str, generation: int) -> str:
         """The run_instances ClientToken: the same for every retry of one launch, new otherwise."""
@@ -214,18 +178,18 @@ class Fleet:
         EC2 honours the ClientToken itself; the token is also a tag, so a retry looks for an
         instance carrying it first (moto ignores ClientToken, and this also skips the call).
         """
-        if not name.startswith(NAME_PREFIX):
+        if not name.startswith(APP_TIER_NAME_PREFIX):
             raise ValueError(f"not an app-tier instance name: {name}")
         token = self.token(name, generation)
         if retry:
-            token_filter = {"Name": f"tag:{TOKEN_TAG}", "Values": [token]}
-            for existing in self._instances([*self.tag_filters(), token_filter]):
+            token_filter = {"Name": f"tag:{LAUNCH_TOKEN_TAG}", "Values": [token]}
+            for existing in readers.instances(
+                self.ec2, self.prefix, Role.APP_TIER, extra_filters=[token_filter]
+            ):
                 return existing.id
         tags = [
-            {"Key": "Name", "Value": name},
-            {"Key": PREFIX_TAG, "Value": self.prefix},
-            {"Key": ROLE_TAG, "Value": ROLE},
-            {"Key": TOKEN_TAG, "Value": token},
+            *self.names.tags(Role.APP_TIER, name),
+            {"Key": LAUNCH_TOKEN_TAG, "Value": token},
         ]
         try:
             image_id, user_data = self.image_id(), self.user_data()
@@ -252,19 +216,5 @@ class Fleet:
             params["SecurityGroupIds"] = [self.security_group]
         if self.key_name:
             params["KeyName"] = self.key_name
-        response = self._call(self.ec2.run_instances, **params)
+        response = self.ec2.run_instances(**params)
         return response["Instances"][0]["InstanceId"]
-
-    def _call(self, call: Callable[..., Any], **kwargs: Any) -> Any:
-        """botocore already retries throttling (standard mode); when EC2 keeps throttling the
-        account's mutating calls, back off a little more (with jitter) before giving up."""
-        attempt = 0
-        while True:
-            try:
-                return call(**kwargs)
-            except ClientError as error:
-                code = error.response.get("Error", {}).get("Code", "")
-                if code not in THROTTLING_CODES or attempt >= self.throttle_retries:
-                    raise
-            self.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
-            attempt += 1

@@ -19,9 +19,10 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import Max, Q
 
-from scaler.models import FleetInstance, ScalingEvent
+from scaler.models import ERROR_ACTION, FleetInstance, ScalingEvent
 from scaler.policy import (
     Action,
+    ActionResult,
     Decision,
     Instance,
     Kind,
@@ -29,7 +30,6 @@ from scaler.policy import (
     Outcome,
     PolicyConfig,
     PolicyMemory,
-    Result,
     State,
     decide,
 )
@@ -149,7 +149,9 @@ class ScalerLoop:
             # the same tokens instead of holding their numbers until they time out.
             logger.exception("applying %d actions failed", len(decision.actions))
             detail = f"{type(error).__name__}: {error}"
-            self.outcomes = tuple(Outcome(a, Result.UNKNOWN, detail) for a in decision.actions)
+            self.outcomes = tuple(
+                Outcome(a, ActionResult.UNKNOWN, detail) for a in decision.actions
+            )
         if self.outcomes:
             self._log(self.outcomes)
             outcomes = self.outcomes
@@ -177,8 +179,8 @@ class ScalerLoop:
         try:
             ScalingEvent.objects.create(
                 at=as_datetime(now),
-                action=ScalingEvent.Action.ERROR,
-                result=ScalingEvent.Result.FAILED,
+                action=ERROR_ACTION,
+                result=ActionResult.FAILED,
                 reason=f"could not {what}",
                 detail=text,
             )
@@ -188,7 +190,7 @@ class ScalerLoop:
     def _log(self, outcomes: Sequence[Outcome]) -> None:
         for (kind, reason, result, detail), group in _grouped(outcomes):
             names = " ".join(o.action.name for o in group)
-            if result == Result.OK:
+            if result == ActionResult.OK:
                 logger.info("%s %s: %s", kind, names, reason)
             else:
                 logger.warning("%s %s %s (%s): %s", kind, names, result, detail, reason)
@@ -262,7 +264,7 @@ def _grouped(outcomes: Sequence[Outcome]) -> list[tuple[tuple[Any, ...], list[Ou
     """One group per (kind, reason, result, error), in the order they first appear."""
     groups: dict[tuple[Any, ...], list[Outcome]] = {}
     for outcome in outcomes:
-        detail = "" if outcome.result == Result.OK else outcome.detail
+        detail = "" if outcome.result == ActionResult.OK else outcome.detail
         key = (outcome.action.kind, outcome.action.reason, outcome.result, detail)
         groups.setdefault(key, []).append(outcome)
     return list(groups.items())
@@ -271,7 +273,7 @@ def _grouped(outcomes: Sequence[Outcome]) -> list[tuple[tuple[Any, ...], list[Ou
 def _instance_id(outcome: Outcome) -> str:
     if outcome.action.kind == Kind.LAUNCH:
         # A launch's id is only known from its answer.
-        return outcome.detail if outcome.result == Result.OK else ""
+        return outcome.detail if outcome.result == ActionResult.OK else ""
     return outcome.action.instance_id or ""
 
 

@@ -1,27 +1,36 @@
 """What the scaler records: the actions it took (and failed to take), and the fleet as it last
 saw it. Neither drives a decision: every tick reconciles from EC2's tags, never from these."""
 
+from enum import StrEnum
+
 from django.db import models
+
+from facesite.aws.names import State
+from scaler.policy import ActionResult, Kind
+
+# A ScalingEvent's action when it records an error the loop survived rather than an action.
+ERROR_ACTION = "error"
+
+
+def choices(enum: type[StrEnum], labels: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Model choices from the enum that owns the vocabulary, labelled by value unless said."""
+    labels = labels or {}
+    return [(member.value, labels.get(member.value, member.value)) for member in enum]
 
 
 class ScalingEvent(models.Model):
     """One kind of action taken in one tick for one reason, or an error the loop survived."""
 
-    class Action(models.TextChoices):
-        START = "start", "start"
-        LAUNCH = "launch", "launch"
-        STOP = "stop", "stop"
-        TERMINATE = "terminate", "terminate"
-        ERROR = "error", "error"
-
-    class Result(models.TextChoices):
-        OK = "ok", "ok"
-        FAILED = "failed", "failed"
-        UNKNOWN = "unknown", "unknown (no answer)"
-
     at = models.DateTimeField(db_index=True)
-    action = models.CharField(max_length=16, choices=Action.choices, db_index=True)
-    result = models.CharField(max_length=16, choices=Result.choices, blank=True, db_index=True)
+    action = models.CharField(
+        max_length=16, choices=[*choices(Kind), (ERROR_ACTION, ERROR_ACTION)], db_index=True
+    )
+    result = models.CharField(
+        max_length=16,
+        choices=choices(ActionResult, {"unknown": "unknown (no answer)"}),
+        blank=True,
+        db_index=True,
+    )
     # Space-separated: a handful per row, searchable in the admin.
     instance_ids = models.TextField(blank=True)
     instance_names = models.TextField(blank=True)
@@ -44,18 +53,12 @@ class ScalingEvent(models.Model):
 class FleetInstance(models.Model):
     """An app-tier instance as the scaler last observed it."""
 
-    class State(models.TextChoices):
-        PENDING = "pending", "pending"
-        RUNNING = "running", "running"
-        STOPPING = "stopping", "stopping"
-        STOPPED = "stopped", "stopped"
-        SHUTTING_DOWN = "shutting-down", "shutting down"
-        TERMINATED = "terminated", "terminated"
-
     instance_id = models.CharField(max_length=32, primary_key=True)
     name = models.CharField(max_length=64, db_index=True)
     number = models.PositiveSmallIntegerField()
-    state = models.CharField(max_length=16, choices=State.choices, db_index=True)
+    state = models.CharField(
+        max_length=16, choices=choices(State, {"shutting-down": "shutting down"}), db_index=True
+    )
     launched_at = models.DateTimeField(null=True, blank=True)
     state_since = models.DateTimeField()  # when the scaler first saw the current state
     # Refreshed with every change and at least once a minute, not every tick.

@@ -37,36 +37,13 @@ scale-in before `settle_seconds` and no stuck verdict before `stuck_after`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-NAME_PREFIX = "app-tier-instance-"
-_NAME_RE = re.compile(rf"^{re.escape(NAME_PREFIX)}([1-9][0-9]*)$")
-
-
-def instance_name(number: int) -> str:
-    return f"{NAME_PREFIX}{number}"
-
-
-def instance_number(name: str) -> int | None:
-    """The n of `app-tier-instance-<n>`, or None for any other name."""
-    match = _NAME_RE.match(name)
-    return int(match.group(1)) if match else None
-
-
-class State(StrEnum):
-    """EC2 instance states, spelled as EC2 spells them."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    SHUTTING_DOWN = "shutting-down"
-    TERMINATED = "terminated"
+from facesite.aws.names import State, app_tier_name
 
 
 class Kind(StrEnum):
@@ -76,7 +53,7 @@ class Kind(StrEnum):
     TERMINATE = "terminate"
 
 
-class Result(StrEnum):
+class ActionResult(StrEnum):
     OK = "ok"
     FAILED = "failed"  # the API refused: nothing happened
     UNKNOWN = "unknown"  # no answer (timeout, 5xx, throttled out): it may or may not have happened
@@ -95,7 +72,7 @@ class Instance:
 
     @property
     def name(self) -> str:
-        return instance_name(self.number)
+        return app_tier_name(self.number)
 
 
 @dataclass(frozen=True)
@@ -115,7 +92,7 @@ class Outcome:
     """What became of one action when the loop applied it."""
 
     action: Action
-    result: Result
+    result: ActionResult
     detail: str = ""  # the error; for a successful launch, the new instance's id
 
 
@@ -285,18 +262,18 @@ def _fold_outcomes(
     ok_kinds: set[Kind] = set()
     for outcome in outcomes:
         kind = outcome.action.kind
-        (ok_kinds if outcome.result == Result.OK else failed_kinds).add(kind)
+        (ok_kinds if outcome.result == ActionResult.OK else failed_kinds).add(kind)
         launch = launching.get(outcome.action.name) if kind == Kind.LAUNCH else None
         if launch is None:
             continue
-        if outcome.result == Result.FAILED:
+        if outcome.result == ActionResult.FAILED:
             del launching[outcome.action.name]
         else:
             launching[outcome.action.name] = Launching(
                 launch.number,
                 launch.generation,
                 launch.issued_at,
-                uncertain=outcome.result == Result.UNKNOWN,
+                uncertain=outcome.result == ActionResult.UNKNOWN,
             )
     for kind in failed_kinds:
         # One failing tick is often a race (an instance changed state under us): retry on the
@@ -377,7 +354,7 @@ class _Plan:
             return
         room = self.config.max_instances - self.total_count()
         for number in self.free_numbers()[: min(count, room)]:
-            name = instance_name(number)
+            name = app_tier_name(number)
             self.launching[name] = Launching(number, self.next_generation, self.now)
             self.actions.append(Action(Kind.LAUNCH, name, reason, generation=self.next_generation))
             self.next_generation += 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import MotoServer
+from ami.local.harness import MotoServer
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 DATASETS_DIR = REPO_DIR.parent / "shared" / "datasets"

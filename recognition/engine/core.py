@@ -18,19 +18,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facesite.config import FacesiteConfig
+
 from .detection import FaceDetector
 from .embedders import Embedder, load_embedder
 from .imaging import ImageSource, load_image, prepare_image, to_rgb
 from .results import Face, FaceResult, Recognition
 
 if TYPE_CHECKING:
-    from recognition.gallery import Gallery
+    from recognition.gallery.matching import Gallery
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_DETECT_MAX_SIDE = 1280
-DEFAULT_TOP_K = 3
+# One source for every default: the configuration's (an engine built outside Django gets them).
+DEFAULT_MAX_PIXELS: int = FacesiteConfig.model_fields["max_pixels"].default
+DEFAULT_DETECT_MAX_SIDE: int = FacesiteConfig.model_fields["detect_max_side"].default
+DEFAULT_TOP_K: int = FacesiteConfig.model_fields["top_k"].default
 
 
 class Engine:
@@ -213,17 +216,10 @@ def _engine_from_settings() -> Engine:
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
 
-    raw = str(settings.FACESITE_MATCH_THRESHOLD).strip()
-    try:
-        threshold = float(raw) if raw else None
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"FACESITE_MATCH_THRESHOLD must be a number or empty, got {raw!r}"
-        ) from None
     try:
         return load_engine(
             settings.FACESITE_EMBEDDER,
-            threshold=threshold,
+            threshold=settings.FACESITE_MATCH_THRESHOLD,
             top_k=settings.FACESITE_TOP_K,
             max_pixels=settings.FACESITE_MAX_PIXELS,
             detect_max_side=settings.FACESITE_DETECT_MAX_SIDE,

@@ -1,14 +1,16 @@
 """The engine's typed errors: callers map them to replies without parsing messages.
 
-Light on purpose (no torch, no PIL): the web tier imports these to validate uploads.
+Light on purpose (no torch, no PIL): the web tier imports these to validate uploads. What a
+reply carries for each (an HTTP status, say) is recognition.lifecycle's business, not the
+engine's.
 """
 
 
 class ImageError(Exception):
     """The input can't be used as a photo. ``message`` is one plain sentence fit for a user;
-    ``status`` is the HTTP status a web reply should carry."""
+    ``code`` names the kind of problem (a recognition.lifecycle.Outcome value)."""
 
-    status = 400
+    code = "corrupt_image"
     default_message = "The file could not be read as an image."
 
     def __init__(self, message: str | None = None) -> None:
@@ -17,17 +19,17 @@ class ImageError(Exception):
 
 
 class NotAnImage(ImageError):
-    status = 415
+    code = "not_an_image"
     default_message = "The file is not an image in a supported format."
 
 
 class CorruptImage(ImageError):
-    status = 400
+    code = "corrupt_image"
     default_message = "The image is truncated or corrupt and could not be decoded."
 
 
 class ImageTooLarge(ImageError):
-    status = 400
+    code = "too_many_pixels"
     default_message = "The image has too many pixels."
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from recognition.gallery import Match
+    from recognition.gallery.matching import Match
 
 
 # eq=False: the fields include numpy arrays, for which the generated __eq__ would be ambiguous

@@ -7,14 +7,8 @@ from facesite import aws
 
 
 def use_prefix(settings, prefix: str) -> None:
-    """Point the settings derived from FACESITE_PREFIX at `prefix`, as a fresh process would."""
+    """Name every resource after `prefix`, as a fresh process with FACESITE_PREFIX would."""
     settings.FACESITE_PREFIX = prefix
-    settings.INPUT_BUCKET = f"{prefix}-in-bucket"
-    settings.OUTPUT_BUCKET = f"{prefix}-out-bucket"
-    settings.GALLERY_BUCKET = f"{prefix}-gallery-bucket"
-    settings.REQUEST_QUEUE = f"{prefix}-req-queue"
-    settings.RESPONSE_QUEUE = f"{prefix}-resp-queue"
-    settings.FACESITE_INSTANCE_PROFILE = f"{prefix}-worker"
     settings.FACESITE_AMI_ID = ""
 
 

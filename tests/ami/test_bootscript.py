@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ami.bootscript import (
+from ami.image.bootscript import (
     ENV_FILE,
     USER_DATA_LIMIT,
     parse_user_data,
@@ -35,7 +35,7 @@ def test_round_trip_of_unusual_but_valid_values():
 def test_worker_settings_are_carried(settings):
     settings.FACESITE_PREFIX = "bootprefix"
     settings.FACESITE_SQS_WAIT_SECONDS = 7
-    settings.REQUEST_VISIBILITY_TIMEOUT = 42
+    settings.FACESITE_VISIBILITY_TIMEOUT = 42
     environment = parse_user_data(worker_user_data())
     assert environment["FACESITE_PREFIX"] == "bootprefix"
     assert environment["FACESITE_SQS_WAIT_SECONDS"] == "7"

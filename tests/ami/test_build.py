@@ -12,20 +12,21 @@ import boto3
 import pytest
 from django.core.management import call_command
 
-from ami.build import (
-    BUILDER_ROLE,
+from ami.image.build import (
     SOURCE_KEY_PREFIX,
     build,
     builder_user_data,
     plan_build,
     source_tree,
-    worker_policy,
     worker_unit,
 )
-from ami.images import current_image_id
+from ami.image.lookup import current_image_id
 from facesite import aws
-from scaler.fleet import PREFIX_TAG, ROLE_TAG
+from facesite.aws.names import PREFIX_TAG, ROLE_TAG, Names, Role
+from facesite.aws.provision import worker_policy
 from tests.ami.conftest import use_prefix
+
+BUILDER_ROLE = str(Role.AMI_BUILDER)
 
 
 def run_buildami(*args: str) -> str:
@@ -80,18 +81,16 @@ def test_local_build_registers_the_image_the_scaler_launches(moto_server, settin
         )["SecurityGroups"]
         assert len(groups) == 1 and groups[0]["IpPermissions"] == []
         profile = aws.client("iam").get_instance_profile(
-            InstanceProfileName=settings.FACESITE_INSTANCE_PROFILE
+            InstanceProfileName=aws.names().worker_profile
         )["InstanceProfile"]
-        assert [role["RoleName"] for role in profile["Roles"]] == [
-            settings.FACESITE_INSTANCE_PROFILE
-        ]
+        assert [role["RoleName"] for role in profile["Roles"]] == [aws.names().worker_profile]
     finally:
         aws.reset_clients()
 
 
 def test_aws_build_images_the_stopped_builder(mocked_aws, settings):
     s3 = aws.client("s3")
-    s3.create_bucket(Bucket=settings.GALLERY_BUCKET)
+    s3.create_bucket(Bucket=aws.names().gallery_bucket)
     ec2 = aws.client("ec2")
     plan = dataclasses.replace(plan_build(base_ami="ami-0abcdef1234567890"), poll=0.05, timeout=20)
     assert not plan.local
@@ -132,7 +131,7 @@ def test_aws_build_images_the_stopped_builder(mocked_aws, settings):
     assert [g["GroupId"] for g in seen_running[0]["SecurityGroups"]] == [result.security_group_id]
     # The code the builder fetches is where its user data says.
     source_key = f"{SOURCE_KEY_PREFIX}{tags_of(image)['facesite:source']}.tar.gz"
-    s3.head_object(Bucket=settings.GALLERY_BUCKET, Key=source_key)
+    s3.head_object(Bucket=aws.names().gallery_bucket, Key=source_key)
     user_data = ec2.describe_instance_attribute(
         InstanceId=builder["InstanceId"], Attribute="userData"
     )["UserData"]["Value"]
@@ -140,19 +139,20 @@ def test_aws_build_images_the_stopped_builder(mocked_aws, settings):
 
 
 def test_worker_policy_is_least_privilege(settings):
-    policy = worker_policy("pfx", "us-east-1", "111122223333")
+    names = Names("pfx", "us-east-1", "111122223333")
+    policy = worker_policy(names)
     granted = {
         (action, statement["Resource"])
         for statement in policy["Statement"]
         for action in statement["Action"]
     }
     assert granted == {
-        ("s3:GetObject", f"arn:aws:s3:::{settings.INPUT_BUCKET}/*"),
-        ("s3:GetObjectVersion", f"arn:aws:s3:::{settings.INPUT_BUCKET}/*"),
-        ("s3:PutObject", f"arn:aws:s3:::{settings.OUTPUT_BUCKET}/*"),
-        ("s3:GetObject", f"arn:aws:s3:::{settings.GALLERY_BUCKET}/*"),
+        ("s3:GetObject", "arn:aws:s3:::pfx-in-bucket/*"),
+        ("s3:GetObjectVersion", "arn:aws:s3:::pfx-in-bucket/*"),
+        ("s3:PutObject", "arn:aws:s3:::pfx-out-bucket/*"),
+        ("s3:GetObject", "arn:aws:s3:::pfx-gallery-bucket/*"),
         *(
-            (action, f"arn:aws:sqs:us-east-1:111122223333:{settings.REQUEST_QUEUE}")
+            (action, "arn:aws:sqs:us-east-1:111122223333:pfx-req-queue")
             for action in (
                 "sqs:ReceiveMessage",
                 "sqs:DeleteMessage",
@@ -160,7 +160,7 @@ def test_worker_policy_is_least_privilege(settings):
                 "sqs:GetQueueAttributes",
             )
         ),
-        ("sqs:SendMessage", f"arn:aws:sqs:us-east-1:111122223333:{settings.RESPONSE_QUEUE}"),
+        ("sqs:SendMessage", "arn:aws:sqs:us-east-1:111122223333:pfx-resp-queue"),
         ("ec2:StopInstances", "arn:aws:ec2:us-east-1:111122223333:instance/*"),
     }
     stop = next(s for s in policy["Statement"] if s["Action"] == ["ec2:StopInstances"])

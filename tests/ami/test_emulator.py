@@ -7,7 +7,7 @@ import moto.backends
 import moto.sqs.models
 from moto.core import utils as moto_utils
 
-from ami import emulator
+from ami.local import emulator
 
 
 def test_the_cheap_clock_agrees_with_motos():

@@ -4,8 +4,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ami.images import BUILT_AT_TAG, NoWorkerImage, current_image_id, worker_image_tags
+from ami.image.lookup import NoWorkerImage, current_image_id
 from facesite import aws
+from facesite.aws.names import BUILT_AT_TAG, Names, Role
+
+
+def worker_image_tags(prefix: str) -> list[dict[str, str]]:
+    return Names(prefix, "us-east-1", "123456789012").tags(Role.WORKER_IMAGE)
 
 
 def register(name: str, tags: list[dict[str, str]]) -> str:

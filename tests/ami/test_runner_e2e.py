@@ -23,20 +23,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ami.bootscript import parse_user_data, render_boot_script
-from ami.runner import DEFAULT_INTERVAL
-from scaler.fleet import PREFIX_TAG, ROLE, ROLE_TAG
-from tests.harness import Stack, wait_until
+from ami.image.bootscript import parse_user_data, render_boot_script
+from ami.local.harness import Stack, wait_until
+from ami.local.runner import DEFAULT_INTERVAL
+from facesite.aws.names import PREFIX_TAG, ROLE_TAG, Role
 
 pytestmark = pytest.mark.e2e
 
 ZYGOTE_TIMEOUT = 180  # importing torch and loading the models on a busy machine
 QUIET_WORKERS = {"FACESITE_SELF_STOP_INTERVAL": "3600"}
 
-RENDER_USER_DATA = "from ami.bootscript import worker_user_data; print(worker_user_data(), end='')"
+RENDER_USER_DATA = (
+    "from ami.image.bootscript import worker_user_data; print(worker_user_data(), end='')"
+)
 CAPTURE_TASK = (
-    "from recognition.tasks import recognize_upload; "
-    "recognize_upload.apply_async(args=('missing.jpg', '', ''))"
+    "from recognition.messages import send_recognize_task; "
+    "send_recognize_task('00000000-0000-0000-0000-000000000000', 'missing.jpg', '', '')"
 )
 BOOTING = re.compile(r"(\S+) \((i-[0-9a-f]+), pid (\d+)\) is running: booting its worker")
 CONSUMING = re.compile(r"(\S+) \((i-[0-9a-f]+)\): worker consuming")
@@ -105,7 +107,7 @@ def launch(stack: Stack, names: list[str], user_data: str) -> dict[str, float]:
         tags = [
             {"Key": "Name", "Value": name},
             {"Key": PREFIX_TAG, "Value": stack.prefix},
-            {"Key": ROLE_TAG, "Value": ROLE},
+            {"Key": ROLE_TAG, "Value": Role.APP_TIER},
         ]
         instance_id = ec2.run_instances(
             ImageId="ami-12345678",
@@ -151,7 +153,7 @@ def alive(pid: int) -> bool:
 
 
 class TaskSender:
-    """Sends real task messages: one produced by recognition.tasks, replayed with new ids."""
+    """Sends real task messages: one produced by recognition.worker.tasks, replayed with new ids."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -247,7 +249,7 @@ def test_running_instances_become_consuming_workers(stack, runner, user_data, ta
     results = tasks.results(sent)
     # The task finds no such upload and says so: the point is who answered.
     assert {result["instance"] for result in results.values()} <= set(ids)
-    assert all(result["status"] == 500 for result in results.values())
+    assert all(result["outcome"] == "failed" for result in results.values())
 
 
 def test_a_stopped_instance_loses_only_its_worker(stack, runner, user_data, tasks, cleanup):

@@ -17,8 +17,8 @@ import psutil
 import pytest
 import requests
 
+from ami.local.harness import REPO_DIR, free_port, wait_until
 from tests.conftest import course_labels
-from tests.harness import REPO_DIR, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
 import recognition.engine as engine_package
+from facesite.config import ConfigError
+from facesite.config import load as load_config
 from recognition.engine import (
     DLIB_EMBEDDER,
     VGGFACE2_EMBEDDER,
@@ -26,7 +28,7 @@ from recognition.engine import (
     load_engine,
 )
 from recognition.engine.embedders import VGGFACE2_WEIGHTS_FILE
-from recognition.gallery import UNKNOWN, Gallery
+from recognition.gallery.matching import UNKNOWN, Gallery
 
 
 def jpeg(image: Image.Image, **options) -> bytes:
@@ -179,7 +181,7 @@ def test_settings_reach_the_engine(settings, monkeypatch) -> None:
         core, "load_engine", lambda embedder, **knobs: built.update(knobs, embedder=embedder)
     )
     settings.FACESITE_EMBEDDER = "vggface2"
-    settings.FACESITE_MATCH_THRESHOLD = " 0.45 "
+    settings.FACESITE_MATCH_THRESHOLD = 0.45
     settings.FACESITE_TOP_K = 5
     settings.FACESITE_ENGINE_THREADS = 1
     settings.FACESITE_MAX_PIXELS = 1000
@@ -193,12 +195,19 @@ def test_settings_reach_the_engine(settings, monkeypatch) -> None:
         "max_pixels": 1000,
         "detect_max_side": 640,
     }
-    settings.FACESITE_MATCH_THRESHOLD = ""
+    settings.FACESITE_MATCH_THRESHOLD = None
     core._engine_from_settings()
     assert built["threshold"] is None
-    settings.FACESITE_MATCH_THRESHOLD = "close"
-    with pytest.raises(ImproperlyConfigured, match="FACESITE_MATCH_THRESHOLD"):
-        core._engine_from_settings()
+
+
+def test_the_threshold_setting_is_parsed_at_start_up(monkeypatch) -> None:
+    monkeypatch.setenv("FACESITE_MATCH_THRESHOLD", " 0.45 ")
+    assert load_config().match_threshold == 0.45
+    monkeypatch.setenv("FACESITE_MATCH_THRESHOLD", "")
+    assert load_config().match_threshold is None
+    monkeypatch.setenv("FACESITE_MATCH_THRESHOLD", "close")
+    with pytest.raises(ConfigError, match="FACESITE_MATCH_THRESHOLD"):
+        load_config()
 
 
 def test_bad_settings_are_reported(settings) -> None:

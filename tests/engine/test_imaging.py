@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from recognition.engine import CorruptImage, ImageError, ImageTooLarge, NotAnImage, load_image
+from recognition.lifecycle import http_status, outcome_of
 
 MAX_PIXELS = 40_000_000
 EXIF_ORIENTATION = 0x0112
@@ -50,7 +51,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 def test_not_an_image(data: bytes) -> None:
     with pytest.raises(NotAnImage) as caught:
         load_image(data, MAX_PIXELS)
-    assert caught.value.status == 415
+    assert http_status(outcome_of(caught.value)) == 415
     assert isinstance(caught.value, ImageError)
     assert str(caught.value) == caught.value.message
     assert caught.value.message.endswith(".") and "\n" not in caught.value.message
@@ -61,7 +62,7 @@ def test_truncated_image(single_face_photo: Path, fmt: str) -> None:
     data = encode(Image.open(single_face_photo).convert("RGB"), fmt)
     with pytest.raises(CorruptImage) as caught:
         load_image(data[: len(data) // 2], MAX_PIXELS)
-    assert caught.value.status == 400
+    assert http_status(outcome_of(caught.value)) == 400
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,7 @@ def test_pixel_bomb_refused_from_its_header(width: int, height: int) -> None:
         warnings.simplefilter("error")  # no DecompressionBombWarning may escape either
         with pytest.raises(ImageTooLarge) as caught:
             load_image(png_claiming(width, height), MAX_PIXELS)
-    assert caught.value.status == 400
+    assert http_status(outcome_of(caught.value)) == 400
 
 
 def test_pixel_limit_is_the_callers(single_face_photo: Path) -> None:

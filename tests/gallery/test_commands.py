@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from recognition import gallery_store
 from recognition.engine import VGGFACE2_EMBEDDER
-from recognition.gallery import UNKNOWN
+from recognition.gallery import store
+from recognition.gallery.matching import UNKNOWN
 from recognition.models import FaceSample, GallerySnapshot
 
 from .conftest import course_photo, write_blank_image
@@ -45,12 +45,12 @@ def test_enroll_reports_every_case_is_idempotent_and_replaces(engine, course_tre
     assert "stray.jpg: not inside an identity folder" in out
     assert "Group/group.jpg: 2 faces, used the largest" in out
     assert ".hidden" not in out
-    snapshot = gallery_store.latest_snapshot(engine.embedder_name)
+    snapshot = store.latest_snapshot(engine.embedder_name)
     assert f"snapshot version {snapshot.version}" in out
     assert (snapshot.identities, snapshot.samples) == (5, 6)
 
     # The group photo's sample is its larger face: Paul, not Bob.
-    gallery = gallery_store.snapshot_gallery(snapshot)
+    gallery = store.snapshot_gallery(snapshot)
     group = gallery.embeddings[gallery.labels.index("Group")]
     paul = gallery.embeddings[gallery.labels.index("Paul")]
     bob = gallery.embeddings[gallery.labels.index("Bob")]
@@ -72,7 +72,7 @@ def test_enroll_reports_every_case_is_idempotent_and_replaces(engine, course_tre
     assert set(rows.values_list("source_image", flat=True)) == ENROLLED - {
         "Emily/nested/test_04.jpg"
     }
-    assert gallery_store.latest_snapshot(engine.embedder_name).samples == 5
+    assert store.latest_snapshot(engine.embedder_name).samples == 5
 
 
 @pytest.mark.django_db
@@ -174,10 +174,10 @@ def test_evaluate_json(
 def test_importgallery_loads_the_course_gallery(course_dir: Path):
     out, _ = run("importgallery", str(course_dir / "data.pt"))
     assert "90 embeddings of 90 identities" in out
-    snapshot = gallery_store.latest_snapshot(VGGFACE2_EMBEDDER)
+    snapshot = store.latest_snapshot(VGGFACE2_EMBEDDER)
     assert (snapshot.identities, snapshot.samples) == (90, 90)
     assert FaceSample.objects.filter(source_image="data.pt#0").exists()
-    gallery = gallery_store.snapshot_gallery(snapshot)
+    gallery = store.snapshot_gallery(snapshot)
     # Each stored embedding is nearest to itself: the rows kept their names.
     [match] = gallery.match(gallery.embeddings[:1], threshold=0.1)
     assert match.name == gallery.labels[0] and match.distance == 0.0

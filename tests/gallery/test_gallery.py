@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from recognition.gallery import UNKNOWN, Candidate, Gallery, GalleryFormatError, Match
+from recognition.gallery.matching import UNKNOWN, Candidate, Gallery, GalleryFormatError, Match
 
 
 def small_gallery() -> Gallery:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from recognition.uploads import MAX_FILE_NAME_WIRE_BYTES, clean_file_name
-from tests.harness import Stack
+from ami.local.harness import Stack
+from recognition.web.uploads import MAX_FILE_NAME_WIRE_BYTES, clean_file_name
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +31,9 @@ def longest_names() -> list[str]:
 
 SEND = """
 import sys, json
-from recognition.tasks import recognize_upload
+from recognition.messages import send_recognize_task
 for name in json.load(sys.stdin):
-    recognize_upload.apply_async(args=(name, "v" * 64, "f" * 64), task_id="0" * 36)
+    send_recognize_task("0" * 36, name, "v" * 64, "f" * 64)
 """
 
 

@@ -6,10 +6,10 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from django.utils import timezone
 
-from recognition import uploads
 from recognition.models import UploadRequest
-from recognition.responses import ResponseConsumer, Sweeper, WakeListener, waiters
-from recognition.uploads import UploadRefused, handle_upload
+from recognition.web import uploads
+from recognition.web.responses import ResponseConsumer, Sweeper, WakeListener, waiters
+from recognition.web.uploads import UploadRefused, handle_upload
 
 
 @pytest.fixture
@@ -91,10 +91,10 @@ class RecordingSQS:
 @pytest.mark.django_db
 def test_a_malformed_result_is_dropped_and_deleted(stop, monkeypatch, caplog):
     sqs = RecordingSQS()
-    monkeypatch.setattr("recognition.responses.aws.client", lambda service: sqs)
+    monkeypatch.setattr("recognition.web.responses.aws.client", lambda service: sqs)
     messages = [
         {"Body": "not json", "ReceiptHandle": "r1"},
-        {"Body": '{"status": 200, "request_id": "not-a-uuid"}', "ReceiptHandle": "r2"},
+        {"Body": '{"outcome": "recognised", "request_id": "not-a-uuid"}', "ReceiptHandle": "r2"},
     ]
     consumer = ResponseConsumer(stop)
     with consumer.sender:

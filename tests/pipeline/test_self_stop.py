@@ -2,7 +2,7 @@
 
 import pytest
 
-from recognition import worker
+from recognition.worker import selfstop as worker
 
 
 class ScriptedStopEvent:

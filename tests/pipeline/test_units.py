@@ -6,10 +6,11 @@ import uuid
 import pytest
 from django.utils import timezone
 
+from recognition.lifecycle import Outcome, reply_for
+from recognition.messages import ResultMessage, recognised, refused
 from recognition.models import UploadRequest, file_stem
-from recognition.responses import Waiters, record_result
-from recognition.results import Result, failure, success
-from recognition.uploads import UploadRefused, clean_file_name, reply_for
+from recognition.web.responses import Waiters, record_result
+from recognition.web.uploads import UploadRefused, clean_file_name
 
 
 @pytest.mark.parametrize(
@@ -39,19 +40,24 @@ def test_file_stem():
 
 
 def test_result_round_trips_through_json():
-    result = success("Paul", 0.12, 1).stamped(request_id="r", instance="i-1", started=1.0)
-    assert Result.from_json(result.to_json()) == result
-    assert success("Unknown", float("inf"), 1).distance is None
-    assert Result.from_json('{"status": 422, "extra": 1}') == Result(status=422)
+    result = recognised("Paul", 0.12, 1).stamped(request_id="r", instance="i-1", started=1.0)
+    assert ResultMessage.from_json(result.to_json()) == result
+    assert recognised("Unknown", float("inf"), 1).distance is None
+    assert ResultMessage.from_json('{"outcome": "no_face", "extra": 1}') == ResultMessage(
+        Outcome.NO_FACE
+    )
 
 
 @pytest.mark.django_db
 def test_record_result_is_idempotent_and_reply_follows_it():
     row = UploadRequest.objects.create(file_name="test_07.jpg", received_at=timezone.now())
-    result = success("Bob", 0.3, 1).stamped(request_id=str(row.pk), instance="i-7", finished=2.0)
+    result = recognised("Bob", 0.3, 1).stamped(request_id=str(row.pk), instance="i-7", finished=2.0)
     assert record_result(result) is True
     # A redelivered task's second result changes nothing.
-    assert record_result(failure("late duplicate", 500).stamped(request_id=str(row.pk))) is False
+    assert (
+        record_result(refused(Outcome.FAILED, "late duplicate").stamped(request_id=str(row.pk)))
+        is False
+    )
     row.refresh_from_db()
     assert (row.status, row.name, row.worker_instance_id) == ("done", "Bob", "i-7")
     assert reply_for(row).status == 200 and reply_for(row).text == "test_07:Bob"
@@ -61,9 +67,17 @@ def test_record_result_is_idempotent_and_reply_follows_it():
 @pytest.mark.parametrize(
     ("result", "status", "text"),
     [
-        (failure("No face was found in a.jpg.", 422, faces=0), 422, "No face was found in a.jpg."),
-        (failure("The file is not an image.", 415), 415, "The file is not an image."),
-        (failure("Recognition failed: boom", 500), 500, "Recognition failed: boom"),
+        (
+            refused(Outcome.NO_FACE, "No face was found in a.jpg.", faces=0),
+            422,
+            "No face was found in a.jpg.",
+        ),
+        (
+            refused(Outcome.NOT_AN_IMAGE, "The file is not an image."),
+            415,
+            "The file is not an image.",
+        ),
+        (refused(Outcome.FAILED, "Recognition failed: boom"), 500, "Recognition failed: boom"),
     ],
 )
 def test_reply_for_failures(result, status, text):

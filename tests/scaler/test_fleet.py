@@ -10,8 +10,9 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from moto import mock_aws
 
-from scaler.fleet import PREFIX_TAG, ROLE_TAG, TOKEN_TAG, Fleet, NotSent, classify
-from scaler.policy import Action, Kind, Result, State
+from facesite.aws.names import LAUNCH_TOKEN_TAG, PREFIX_TAG, ROLE_TAG, Role, State
+from scaler.fleet import Fleet, NotSent, classify
+from scaler.policy import Action, ActionResult, Kind
 
 USER_DATA = "#!/bin/sh\nexec facesite-worker\n"
 
@@ -37,7 +38,6 @@ def make_fleet(aws, prefix="", **kwargs) -> Fleet:
         "image_id": lambda: "ami-12345678",
         "user_data": lambda: USER_DATA,
         "instance_type": "t3.micro",
-        "sleep": lambda seconds: None,
         **kwargs,
     }
     return Fleet(ec2, sqs, **options)
@@ -62,7 +62,7 @@ def fleet(aws) -> Fleet:
 
 def raw_instances(aws, fleet: Fleet) -> list[dict]:
     ec2, _ = aws
-    pages = ec2.describe_instances(Filters=fleet.tag_filters())["Reservations"]
+    pages = ec2.describe_instances(Filters=fleet.names.tag_filters(Role.APP_TIER))["Reservations"]
     return [raw for reservation in pages for raw in reservation["Instances"]]
 
 
@@ -81,7 +81,7 @@ def states(fleet: Fleet) -> dict[int, State]:
 def test_launch_tags_names_and_user_data(aws, fleet):
     ec2, _ = aws
     outcomes = fleet.apply([launch_action(1), launch_action(2)])
-    assert [o.result for o in outcomes] == [Result.OK, Result.OK]
+    assert [o.result for o in outcomes] == [ActionResult.OK, ActionResult.OK]
     instances = {i.number: i for i in fleet.describe()}
     assert set(instances) == {1, 2}
     assert outcomes[0].detail == instances[1].id
@@ -89,7 +89,7 @@ def test_launch_tags_names_and_user_data(aws, fleet):
     tags = {t["Key"]: t["Value"] for t in raw["Tags"]}
     assert tags["Name"] == "app-tier-instance-1"
     assert tags[PREFIX_TAG] == fleet.prefix and tags[ROLE_TAG] == "app-tier"
-    assert tags[TOKEN_TAG] == fleet.token("app-tier-instance-1", 1)
+    assert tags[LAUNCH_TOKEN_TAG] == fleet.token("app-tier-instance-1", 1)
     assert raw["ImageId"] == "ami-12345678" and raw["InstanceType"] == "t3.micro"
     assert "IamInstanceProfile" not in raw  # only when configured
     user_data = ec2.describe_instance_attribute(InstanceId=raw["InstanceId"], Attribute="userData")
@@ -100,7 +100,7 @@ def test_stop_and_start_by_id(fleet):
     fleet.apply([launch_action(1), launch_action(2)])
     ids = {i.number: i.id for i in fleet.describe()}
     outcomes = fleet.apply([state_action(Kind.STOP, ids[1]), state_action(Kind.STOP, ids[2])])
-    assert all(o.result == Result.OK for o in outcomes)
+    assert all(o.result == ActionResult.OK for o in outcomes)
     assert states(fleet) == {1: State.STOPPED, 2: State.STOPPED}
     fleet.apply([state_action(Kind.START, ids[2])])
     assert states(fleet) == {1: State.STOPPED, 2: State.RUNNING}
@@ -121,7 +121,7 @@ def test_a_number_is_reused_after_termination(fleet):
 def test_a_retried_launch_returns_the_same_instance(fleet):
     (first,) = fleet.apply([launch_action(3, generation=7)])
     (again,) = fleet.apply([launch_action(3, generation=7, retry=True)])
-    assert again.result == Result.OK and again.detail == first.detail
+    assert again.result == ActionResult.OK and again.detail == first.detail
     assert len(fleet.describe()) == 1
     # A new generation is a new launch.
     fleet.apply([launch_action(3, generation=8, retry=True)])
@@ -158,7 +158,7 @@ def test_a_refused_batch_is_retried_one_by_one(fleet):
     ids = sorted(i.id for i in fleet.describe())
     actions = [state_action(Kind.STOP, i) for i in [*ids, "i-0123456789abcdef0"]]
     outcomes = fleet.apply(actions)
-    assert [o.result for o in outcomes] == [Result.OK, Result.OK, Result.FAILED]
+    assert [o.result for o in outcomes] == [ActionResult.OK, ActionResult.OK, ActionResult.FAILED]
     assert "InvalidInstanceID" in outcomes[2].detail
     assert set(states(fleet).values()) == {State.STOPPED}
 
@@ -180,7 +180,7 @@ def test_missing_image_fails_the_launch_not_the_caller(aws):
 
     fleet = make_fleet(aws, image_id=no_image)
     (outcome,) = fleet.apply([launch_action(1)])
-    assert outcome.result == Result.FAILED and "no AMI built yet" in outcome.detail
+    assert outcome.result == ActionResult.FAILED and "no AMI built yet" in outcome.detail
     assert fleet.describe() == ()
 
 
@@ -200,12 +200,12 @@ def client_error(code: str, status: int) -> ClientError:
 
 
 def test_errors_are_classified_definite_or_unknown():
-    assert classify(client_error("InvalidAMIID.NotFound", 400)) == Result.FAILED
-    assert classify(client_error("RequestLimitExceeded", 503)) == Result.UNKNOWN
-    assert classify(client_error("RequestLimitExceeded", 400)) == Result.UNKNOWN
-    assert classify(client_error("InternalError", 500)) == Result.UNKNOWN
-    assert classify(EndpointConnectionError(endpoint_url="http://x")) == Result.UNKNOWN
-    assert classify(NotSent("x")) == Result.FAILED
+    assert classify(client_error("InvalidAMIID.NotFound", 400)) == ActionResult.FAILED
+    assert classify(client_error("RequestLimitExceeded", 503)) == ActionResult.UNKNOWN
+    assert classify(client_error("RequestLimitExceeded", 400)) == ActionResult.UNKNOWN
+    assert classify(client_error("InternalError", 500)) == ActionResult.UNKNOWN
+    assert classify(EndpointConnectionError(endpoint_url="http://x")) == ActionResult.UNKNOWN
+    assert classify(NotSent("x")) == ActionResult.FAILED
 
 
 class ThrottledEC2:
@@ -221,17 +221,9 @@ class ThrottledEC2:
         return {}
 
 
-def test_throttled_batch_calls_back_off_and_retry():
-    sleeps: list[float] = []
-    ec2 = ThrottledEC2(throttled=3)
-    fleet = offline_fleet(ec2, sleep=sleeps.append)
-    (outcome,) = fleet.apply([state_action(Kind.STOP, "i-1")])
-    assert outcome.result == Result.OK and ec2.calls == 4
-    assert len(sleeps) == 3 and sleeps[0] < sleeps[2]
-
-
 def test_throttling_that_persists_is_an_unknown_outcome():
     ec2 = ThrottledEC2(throttled=100)
-    fleet = offline_fleet(ec2, sleep=lambda s: None, throttle_retries=2)
+    fleet = offline_fleet(ec2)
     (outcome,) = fleet.apply([state_action(Kind.STOP, "i-1")])
-    assert outcome.result == Result.UNKNOWN and ec2.calls == 3
+    # The client's retry policy (facesite.aws.clients) is the only one: the driver adds none.
+    assert outcome.result == ActionResult.UNKNOWN and ec2.calls == 1

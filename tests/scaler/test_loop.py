@@ -13,7 +13,7 @@ from django.db import OperationalError
 from recognition.models import UploadRequest
 from scaler.loop import ScalerLoop, last_work_at
 from scaler.models import FleetInstance, ScalingEvent
-from scaler.policy import Instance, Kind, Outcome, PolicyConfig, Result, State, decide
+from scaler.policy import ActionResult, Instance, Kind, Outcome, PolicyConfig, State, decide
 
 CONFIG = PolicyConfig(max_instances=5, warm_pool=0, settle_seconds=1.0, stuck_after=30.0)
 
@@ -47,11 +47,11 @@ class FakeFleet:
                 new_id = f"i-{self.launched:03d}"
                 number = int(action.name.rsplit("-", 1)[1])
                 self.instances[new_id] = Instance(new_id, number, State.RUNNING, 1000.0)
-                outcomes.append(Outcome(action, Result.OK, new_id))
+                outcomes.append(Outcome(action, ActionResult.OK, new_id))
                 continue
             target = {Kind.START: State.RUNNING, Kind.STOP: State.STOPPED}
             self.set(action.instance_id, target.get(action.kind, State.TERMINATED))
-            outcomes.append(Outcome(action, Result.OK))
+            outcomes.append(Outcome(action, ActionResult.OK))
         return tuple(outcomes)
 
 

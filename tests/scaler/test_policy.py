@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from facesite.aws.names import State, app_tier_name, app_tier_number
 from scaler.policy import (
     Action,
+    ActionResult,
     Decision,
     Instance,
     Kind,
@@ -16,11 +18,7 @@ from scaler.policy import (
     Outcome,
     PolicyConfig,
     PolicyMemory,
-    Result,
-    State,
     decide,
-    instance_name,
-    instance_number,
 )
 
 CONFIG = PolicyConfig(
@@ -59,15 +57,15 @@ def run(config, memory, *observations) -> Decision:
 
 
 def test_names_round_trip():
-    assert instance_name(7) == "app-tier-instance-7"
-    assert instance_number("app-tier-instance-12") == 12
+    assert app_tier_name(7) == "app-tier-instance-7"
+    assert app_tier_number("app-tier-instance-12") == 12
     for bad in (
         "app-tier-instance-",
         "app-tier-instance-0",
         "app-tier-instance-1x",
         "web-instance",
     ):
-        assert instance_number(bad) is None
+        assert app_tier_number(bad) is None
 
 
 def test_config_rejects_nonsense():
@@ -81,7 +79,7 @@ def test_config_rejects_nonsense():
 def test_burst_starts_stopped_instances_before_launching():
     d = decide(observe(0, visible=100, instances=fleet("sssss")), CONFIG, PolicyMemory())
     assert d.starts == tuple(f"i-{n:03d}" for n in range(1, 6))
-    assert d.launches == tuple(instance_name(n) for n in range(6, 16))
+    assert d.launches == tuple(app_tier_name(n) for n in range(6, 16))
     assert not d.stops and not d.terminates
     assert d.desired == 15
 
@@ -93,7 +91,7 @@ def test_burst_from_a_full_warm_pool_only_starts():
 
 def test_burst_from_nothing_launches_exactly_max_with_distinct_generations():
     d = decide(observe(0, visible=100), CONFIG, PolicyMemory())
-    assert d.launches == tuple(instance_name(n) for n in range(1, 16))
+    assert d.launches == tuple(app_tier_name(n) for n in range(1, 16))
     assert len({a.generation for a in d.of(Kind.LAUNCH)}) == 15
     # The launches count as active until describe shows them: the next tick adds nothing.
     again = decide(observe(0.25, visible=100), CONFIG, d.memory)
@@ -315,7 +313,7 @@ def test_restart_gives_no_stuck_verdict_before_stuck_after():
 def test_warm_pool_is_prepared_when_idle_then_stopped():
     config = PolicyConfig(max_instances=15, warm_pool=4, settle_seconds=1.0)
     d = run(config, None, observe(0.0, instances=fleet("s")), observe(1.0, instances=fleet("s")))
-    assert d.launches == tuple(instance_name(n) for n in (2, 3, 4))
+    assert d.launches == tuple(app_tier_name(n) for n in (2, 3, 4))
     assert all(a.reason.startswith("warm pool") for a in d.actions)
     d = decide(observe(1.25, instances=fleet("srrp")), config, d.memory)
     assert d.stops == ("i-002", "i-003")
@@ -363,9 +361,11 @@ def test_blind_ticks_act_on_nothing_and_restart_the_settle_timer():
     assert queue_blind.actions == () and queue_blind.desired is None
 
 
-def outcomes(decision: Decision, result: Result, kind: Kind | None = None) -> tuple[Outcome, ...]:
+def outcomes(
+    decision: Decision, result: ActionResult, kind: Kind | None = None
+) -> tuple[Outcome, ...]:
     return tuple(
-        Outcome(a, result if kind in (None, a.kind) else Result.OK, "boom")
+        Outcome(a, result if kind in (None, a.kind) else ActionResult.OK, "boom")
         for a in decision.actions
     )
 
@@ -373,13 +373,15 @@ def outcomes(decision: Decision, result: Result, kind: Kind | None = None) -> tu
 def test_unknown_launch_is_retried_with_the_same_token_never_a_new_one():
     d = decide(observe(0.0, visible=2), CONFIG, PolicyMemory())
     first = d.of(Kind.LAUNCH)
-    d = decide(observe(0.25, visible=2, outcomes=outcomes(d, Result.UNKNOWN)), CONFIG, d.memory)
+    d = decide(
+        observe(0.25, visible=2, outcomes=outcomes(d, ActionResult.UNKNOWN)), CONFIG, d.memory
+    )
     assert [(a.name, a.generation, a.retry) for a in d.actions] == [
         (a.name, a.generation, True) for a in first
     ]
     # Once one shows up, only the other is retried (the backoff has grown).
     d = decide(
-        observe(0.5, visible=2, instances=fleet("p"), outcomes=outcomes(d, Result.UNKNOWN)),
+        observe(0.5, visible=2, instances=fleet("p"), outcomes=outcomes(d, ActionResult.UNKNOWN)),
         CONFIG,
         d.memory,
     )
@@ -393,21 +395,25 @@ def test_unknown_launch_is_retried_with_the_same_token_never_a_new_one():
 def test_failed_launch_frees_its_number_and_backs_off():
     d = decide(observe(0.0, visible=1), CONFIG, PolicyMemory())
     gen = d.actions[0].generation
-    d = decide(observe(0.25, visible=1, outcomes=outcomes(d, Result.FAILED)), CONFIG, d.memory)
+    d = decide(
+        observe(0.25, visible=1, outcomes=outcomes(d, ActionResult.FAILED)), CONFIG, d.memory
+    )
     assert d.launches == ("app-tier-instance-1",) and d.actions[0].generation > gen
-    d = decide(observe(0.5, visible=1, outcomes=outcomes(d, Result.FAILED)), CONFIG, d.memory)
+    d = decide(observe(0.5, visible=1, outcomes=outcomes(d, ActionResult.FAILED)), CONFIG, d.memory)
     assert d.actions == ()  # second failing tick in a row: back off 1 s
     assert decide(observe(1.2, visible=1), CONFIG, d.memory).actions == ()
     d = decide(observe(1.5, visible=1), CONFIG, d.memory)
     assert d.launches == ("app-tier-instance-1",)
-    d = decide(observe(1.75, visible=1, outcomes=outcomes(d, Result.FAILED)), CONFIG, d.memory)
+    d = decide(
+        observe(1.75, visible=1, outcomes=outcomes(d, ActionResult.FAILED)), CONFIG, d.memory
+    )
     assert decide(observe(3.6, visible=1), CONFIG, d.memory).actions == ()  # now 2 s
     assert decide(observe(3.8, visible=1), CONFIG, d.memory).launches == ("app-tier-instance-1",)
 
 
 def test_confirmed_launch_not_yet_visible_is_forgotten_after_launch_timeout():
     d = decide(observe(0.0, visible=1), CONFIG, PolicyMemory())
-    d = decide(observe(0.25, visible=1, outcomes=outcomes(d, Result.OK)), CONFIG, d.memory)
+    d = decide(observe(0.25, visible=1, outcomes=outcomes(d, ActionResult.OK)), CONFIG, d.memory)
     assert d.actions == ()
     d = decide(observe(119.0, visible=1), CONFIG, d.memory)
     assert d.actions == ()
@@ -420,7 +426,7 @@ def test_failing_starts_back_off_without_launching_replacements():
     d = decide(observe(0.0, visible=3, instances=instances), CONFIG, PolicyMemory())
     for now in (0.25, 0.5):
         d = decide(
-            observe(now, visible=3, instances=instances, outcomes=outcomes(d, Result.FAILED)),
+            observe(now, visible=3, instances=instances, outcomes=outcomes(d, ActionResult.FAILED)),
             CONFIG,
             d.memory,
         )
@@ -432,12 +438,12 @@ def test_failing_starts_back_off_without_launching_replacements():
 def test_a_success_resets_the_backoff():
     d = decide(observe(0.0, visible=1, instances=fleet("s")), CONFIG, PolicyMemory())
     d = decide(
-        observe(0.25, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.FAILED)),
+        observe(0.25, visible=1, instances=fleet("s"), outcomes=outcomes(d, ActionResult.FAILED)),
         CONFIG,
         d.memory,
     )
     d = decide(
-        observe(0.5, visible=1, instances=fleet("s"), outcomes=outcomes(d, Result.OK)),
+        observe(0.5, visible=1, instances=fleet("s"), outcomes=outcomes(d, ActionResult.OK)),
         CONFIG,
         d.memory,
     )
@@ -488,14 +494,14 @@ class Simulation:
         for action in actions:
             roll = self.rng.random()
             if roll < self.failure_rate:
-                results.append(Outcome(action, Result.FAILED))
+                results.append(Outcome(action, ActionResult.FAILED))
             elif roll < 2 * self.failure_rate:  # no answer: done or not, who knows
                 if self.rng.random() < 0.5:
                     self.execute(action, now)
-                results.append(Outcome(action, Result.UNKNOWN))
+                results.append(Outcome(action, ActionResult.UNKNOWN))
             else:
                 self.execute(action, now)
-                results.append(Outcome(action, Result.OK))
+                results.append(Outcome(action, ActionResult.OK))
         return tuple(results)
 
     def execute(self, action: Action, now: float) -> None:
@@ -508,7 +514,7 @@ class Simulation:
             self.tokens[token] = new_id
             self.instances[new_id] = SimInstance(
                 new_id,
-                instance_number(action.name),
+                app_tier_number(action.name),
                 State.PENDING,
                 now + rng.uniform(0, 2),
                 dead=rng.random() < 0.1,
@@ -584,7 +590,7 @@ def test_random_load_never_breaks_the_invariants(seed):
         for action in decision.actions:
             if action.kind == Kind.LAUNCH:
                 assert action.retry or action.name not in live_names
-                assert instance_number(action.name) <= config.max_instances
+                assert app_tier_number(action.name) <= config.max_instances
             else:
                 expected = State.STOPPED if action.kind != Kind.STOP else State.RUNNING
                 assert by_id[action.instance_id].state == expected, action

@@ -15,9 +15,9 @@ import pytest
 from django.core.management import call_command
 from moto import mock_aws
 
-from ami.bootscript import parse_user_data
+from ami.image.bootscript import parse_user_data
 from facesite import aws
-from scaler.fleet import PREFIX_TAG
+from facesite.aws.names import PREFIX_TAG
 from scaler.models import FleetInstance, ScalingEvent
 
 PREFIX = "scalertest"
@@ -35,9 +35,9 @@ def moto(settings, monkeypatch):
         aws.reset_clients()
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         queue = sqs.create_queue(QueueName=f"{PREFIX}-req-queue")["QueueUrl"]
-        settings.REQUEST_QUEUE_URL = queue
+        assert queue == aws.names().request_queue_url
         iam = boto3.client("iam", region_name=settings.AWS_REGION)
-        iam.create_instance_profile(InstanceProfileName=settings.FACESITE_INSTANCE_PROFILE)
+        iam.create_instance_profile(InstanceProfileName=aws.names().worker_profile)
         yield types.SimpleNamespace(
             sqs=sqs, queue=queue, ec2=boto3.client("ec2", region_name=settings.AWS_REGION)
         )
@@ -60,7 +60,7 @@ def test_once_launches_one_instance_per_waiting_message(moto, settings):
     first = instances["app-tier-instance-1"]
     assert first["ImageId"] == "ami-12345678"
     profile = first["IamInstanceProfile"]["Arn"]
-    assert profile.endswith(f"/{settings.FACESITE_INSTANCE_PROFILE}")
+    assert profile.endswith(f"/{aws.names().worker_profile}")
     user_data = moto.ec2.describe_instance_attribute(
         InstanceId=first["InstanceId"], Attribute="userData"
     )["UserData"]["Value"]

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from ami.local.harness import FleetSampler, Stack, upload, wait_until
 from tests.conftest import course_labels
-from tests.harness import FleetSampler, Stack, upload, wait_until
 
 pytestmark = pytest.mark.e2e
 

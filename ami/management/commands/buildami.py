@@ -1,10 +1,10 @@
-"""`manage.py buildami`: build the worker image (see ami/build.py for what it does)."""
+"""`manage.py buildami`: build the worker image (see ami/image/build.py for what it does)."""
 
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ami.build import BuildError, build, plan_build
+from ami.image.build import BuildError, build, plan_build
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""`manage.py runinstances`: the local instance runner (see ami/runner.py)."""
+"""`manage.py runinstances`: the local instance runner (see ami/local/runner.py)."""
 
 import os
 import sys
@@ -7,8 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ami.bootscript import SINGLE_THREAD_ENVIRONMENT
-from ami.runner import DEFAULT_INTERVAL, DEFAULT_STOP_GRACE, InstanceRunner
+from ami.image.bootscript import SINGLE_THREAD_ENVIRONMENT
+from ami.local.runner import DEFAULT_INTERVAL, DEFAULT_STOP_GRACE, InstanceRunner
 
 
 class Command(BaseCommand):

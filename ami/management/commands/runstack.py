@@ -1,13 +1,13 @@
 """`manage.py runstack` (what `make run` runs): the whole local stack in the foreground."""
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ami.stack import LocalStack
+from ami.local.stack import LocalStack
 
 
 class Command(BaseCommand):
@@ -27,14 +27,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--gallery",
             type=Path,
-            default=os.environ.get("FACESITE_GALLERY_DIR") or None,
+            default=settings.FACESITE_GALLERY_DIR,
             help="enroll this folder (one sub-folder per identity) before starting "
             "(default: FACESITE_GALLERY_DIR)",
         )
         parser.add_argument(
             "--gallery-labels",
             type=Path,
-            default=os.environ.get("FACESITE_GALLERY_LABELS") or None,
+            default=settings.FACESITE_GALLERY_LABELS,
             help="the gallery is a flat folder labelled by this 'Image,Results' CSV, as the "
             "course's (default: FACESITE_GALLERY_LABELS)",
         )

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition import gallery_store
-from recognition.enrollment import (
+from recognition.gallery import store
+from recognition.gallery.enrollment import (
     EnrolmentError,
     Skipped,
     embed_images,
@@ -52,10 +52,10 @@ class Command(BaseCommand):
             # Nothing to store: leave the gallery (and, with --replace, its old samples) as is.
             self._report_skipped(skipped)
             raise CommandError(f"no face enrolled: all {len(images)} images in {dir} were skipped")
-        saved = gallery_store.save_samples(
+        saved = store.save_samples(
             engine.embedder_name, run.samples, replace_labels=identities if replace else ()
         )
-        snapshot, gallery = gallery_store.publish_snapshot(engine.embedder_name)
+        snapshot, gallery = store.publish_snapshot(engine.embedder_name)
 
         enrolled = sorted({sample.label for sample in run.samples})
         out = self.stdout

@@ -21,14 +21,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from recognition.engine import Engine, ImageError
-from recognition.enrollment import (
+from recognition.gallery.enrollment import (
     EnrolmentError,
     LabelledImage,
     embed_images,
     images_by_folder,
     labelled_images,
 )
-from recognition.gallery import UNKNOWN, Gallery
+from recognition.gallery.matching import UNKNOWN, Gallery
 from recognition.management.engine import engine_or_command_error
 
 # Predictions that are not a gallery answer; parenthesised so they cannot clash with a label.

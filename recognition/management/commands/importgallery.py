@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition import gallery_store
 from recognition.engine import VGGFACE2_EMBEDDER
+from recognition.gallery import store
 
 EMBEDDING_DIM = 512
 
@@ -69,13 +69,13 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         samples = [
-            gallery_store.NewSample(name, f"{path.name}#{index}", matrix[index])
+            store.NewSample(name, f"{path.name}#{index}", matrix[index])
             for index, name in enumerate(names)
         ]
-        saved = gallery_store.save_samples(
+        saved = store.save_samples(
             VGGFACE2_EMBEDDER, samples, replace_labels=set(names) if replace else ()
         )
-        snapshot, gallery = gallery_store.publish_snapshot(VGGFACE2_EMBEDDER)
+        snapshot, gallery = store.publish_snapshot(VGGFACE2_EMBEDDER)
         self.stdout.write(
             f"{path}: {len(samples)} embeddings of {len(set(names))} identities; samples "
             f"{saved.added} added, {saved.updated} updated, {saved.unchanged} unchanged"

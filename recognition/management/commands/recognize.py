@@ -4,9 +4,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recognition import gallery_store
 from recognition.engine import ImageError, Recognition
-from recognition.gallery import GalleryFormatError
+from recognition.gallery import store
+from recognition.gallery.matching import GalleryFormatError
 from recognition.management.engine import engine_or_command_error
 
 
@@ -30,7 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args, images: list[Path], verbose: bool, **options) -> None:
         engine = engine_or_command_error()
         try:
-            gallery = gallery_store.current_gallery(engine.embedder_name)
+            gallery = store.current_gallery(engine.embedder_name)
         except GalleryFormatError as exc:
             raise CommandError(f"the latest {engine.embedder_name} snapshot: {exc}") from exc
         if not len(gallery):

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from recognition.worker import run_worker
+from recognition.worker.process import run_worker
 
 
 class Command(BaseCommand):

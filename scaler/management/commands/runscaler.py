@@ -18,29 +18,30 @@ logger = logging.getLogger(__name__)
 def image_id() -> str:
     # Imported when a launch needs it: the scaler runs (starting and stopping instances) before
     # any image exists, and picks up a rebuilt image without a restart.
-    from ami.images import current_image_id
+    from ami.image.lookup import current_image_id
 
     return current_image_id()
 
 
 def user_data() -> str:
-    from ami.bootscript import worker_user_data
+    from ami.image.bootscript import worker_user_data
 
     return worker_user_data()
 
 
 def build_fleet() -> Fleet:
+    names = aws.names()
     return Fleet(
         aws.client("ec2"),
         aws.client("sqs"),
-        prefix=settings.FACESITE_PREFIX,
-        queue_url=settings.REQUEST_QUEUE_URL,
+        prefix=names.prefix,
+        queue_url=names.request_queue_url,
         image_id=image_id,
         user_data=user_data,
         instance_type=settings.FACESITE_INSTANCE_TYPE,
         # The emulator has no IAM to resolve a profile against; on AWS the workers get their
         # credentials only from it.
-        instance_profile="" if settings.AWS_ENDPOINT_URL else settings.FACESITE_INSTANCE_PROFILE,
+        instance_profile="" if settings.AWS_ENDPOINT_URL else names.worker_profile,
         security_group=settings.FACESITE_SECURITY_GROUP,
         key_name=settings.FACESITE_KEY_NAME,
     )

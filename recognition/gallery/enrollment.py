@@ -20,8 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from recognition.engine import ImageError
-from recognition.gallery import Gallery
-from recognition.gallery_store import NewSample
+from recognition.gallery.matching import Gallery
+from recognition.gallery.store import NewSample
 
 if TYPE_CHECKING:  # the engine's module imports torch; only its type is needed here
     from recognition.engine import Engine

@@ -8,7 +8,6 @@ import json
 import logging
 import posixpath
 import threading
-from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -17,12 +16,14 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from facesite import aws
-from recognition import snapshots
+from recognition import lifecycle
 from recognition.engine import ImageError, configured_embedder_name, load_image
-from recognition.gallery_store import latest_snapshot_version, snapshot_data
-from recognition.models import UploadRequest, file_stem
-from recognition.responses import reply_address, waiters
-from recognition.tasks import recognize_upload
+from recognition.gallery import snapshots
+from recognition.gallery.store import latest_snapshot_version, snapshot_data
+from recognition.lifecycle import Reply, reply_for
+from recognition.messages import send_recognize_task
+from recognition.models import UploadRequest
+from recognition.web.responses import reply_address, waiters
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,6 @@ class UploadRefused(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    text: str
-    request_id: str
-
-
 def clean_file_name(raw: str) -> str:
     """The base name the client sent, checked to be a usable S3 key and to fit the message."""
     name = posixpath.basename(raw.replace("\\", "/")).strip()
@@ -69,7 +63,9 @@ def validate_image(data: bytes) -> None:
     try:
         load_image(data, max_pixels=settings.FACESITE_MAX_PIXELS)
     except ImageError as error:
-        raise UploadRefused(error.status, error.message) from error
+        raise UploadRefused(
+            lifecycle.http_status(lifecycle.outcome_of(error)), error.message
+        ) from error
 
 
 _gallery_lock = threading.Lock()
@@ -126,7 +122,7 @@ def store_and_queue(row: UploadRequest, data: bytes) -> None:
     """Put the image in the input bucket and send its task, recording both stages."""
     with _aws_slots:
         stored = aws.client("s3").put_object(
-            Bucket=settings.INPUT_BUCKET, Key=row.file_name, Body=data
+            Bucket=aws.names().input_bucket, Key=row.file_name, Body=data
         )
     row.s3_version = stored.get("VersionId") or ""
     row.gallery_version = current_gallery_version()
@@ -134,26 +130,8 @@ def store_and_queue(row: UploadRequest, data: bytes) -> None:
     row.status = UploadRequest.Status.STORED
     row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
     with _aws_slots:
-        recognize_upload.apply_async(
-            args=(row.file_name, row.s3_version, row.gallery_version), task_id=str(row.pk)
-        )
+        send_recognize_task(str(row.pk), row.file_name, row.s3_version, row.gallery_version)
     # A result may already be recorded: it keeps its final status.
     UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
         status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
-    )
-
-
-def reply_for(row: UploadRequest) -> Reply:
-    request_id = str(row.pk)
-    if row.status == UploadRequest.Status.DONE:
-        return Reply(200, f"{file_stem(row.file_name)}:{row.name}", request_id)
-    if row.status == UploadRequest.Status.NO_FACE:
-        return Reply(422, f"No face was found in {row.file_name}.", request_id)
-    if row.status == UploadRequest.Status.FAILED:
-        return Reply(row.result_status or 500, row.error or "Recognition failed.", request_id)
-    return Reply(
-        504,
-        f"{row.file_name} is still being recognised (request {request_id}); "
-        "its result will be recorded in the history when it arrives.",
-        request_id,
     )

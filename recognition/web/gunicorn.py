@@ -1,15 +1,16 @@
-"""gunicorn configuration for the web tier: `gunicorn -c facesite/gunicorn.py facesite.wsgi`.
+"""gunicorn configuration for the web tier: `gunicorn -c recognition/web/gunicorn.py facesite.wsgi`.
 
 Threads, not processes, hold the waiting uploads: a waiting request costs a blocked thread,
 so a couple of processes with many threads hold a thousand simultaneous uploads.
 """
 
-import os
+from facesite.config import load as _load_config
 
-bind = os.environ.get("FACESITE_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("FACESITE_WEB_PROCESSES", "2"))
+_config = _load_config()
+bind = _config.bind
+workers = _config.web_processes
 worker_class = "gthread"
-threads = int(os.environ.get("FACESITE_WEB_THREADS", "600"))
+threads = _config.web_threads
 worker_connections = 2000
 backlog = 2048
 # gthread's timeout watches the worker's main loop, not requests, which may wait up to
@@ -24,7 +25,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 def post_worker_init(worker: object) -> None:
     from django.urls import get_resolver
 
-    from recognition.responses import start_consumers
+    from recognition.web.responses import start_consumers
 
     # Load the URLconf and views now: the health check reaches only one process, and the
     # first upload to another shouldn't pay for the imports.
@@ -33,6 +34,6 @@ def post_worker_init(worker: object) -> None:
 
 
 def worker_exit(server: object, worker: object) -> None:
-    from recognition.responses import stop_consumers
+    from recognition.web.responses import stop_consumers
 
     stop_consumers()

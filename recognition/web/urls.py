@@ -1,6 +1,6 @@
 from django.urls import path
 
-from recognition import views
+from recognition.web import views
 
 urlpatterns = [
     path("", views.index, name="upload"),

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from recognition.gallery import Gallery
+from recognition.gallery.matching import Gallery
 from recognition.models import FaceSample, GallerySnapshot, Identity
 
 

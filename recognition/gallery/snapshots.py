@@ -4,10 +4,8 @@ task without a restart. Snapshots are content-addressed, so publishing is idempo
 
 import threading
 
-from django.conf import settings
-
 from facesite import aws
-from recognition.gallery import Gallery
+from recognition.gallery.matching import Gallery
 
 _published: set[str] = set()
 _loaded: dict[str, Gallery] = {}
@@ -26,7 +24,7 @@ def is_published(version: str) -> bool:
 def publish(version: str, data: bytes) -> None:
     """Upload this snapshot to the gallery bucket, where workers fetch it."""
     aws.client("s3").put_object(
-        Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version), Body=data
+        Bucket=aws.names().gallery_bucket, Key=snapshot_key(version), Body=data
     )
     with _lock:
         _published.add(version)
@@ -40,7 +38,7 @@ def load(version: str, embedder: str) -> Gallery:
         gallery = _loaded.get(version)
     if gallery is None:
         body = aws.client("s3").get_object(
-            Bucket=settings.GALLERY_BUCKET, Key=snapshot_key(version)
+            Bucket=aws.names().gallery_bucket, Key=snapshot_key(version)
         )
         gallery = Gallery.from_bytes(body["Body"].read())
         with _lock:

@@ -5,38 +5,26 @@ from typing import Any
 from django.conf import settings
 
 from facesite import aws
-from scaler.fleet import PREFIX_TAG, ROLE_TAG
-
-WORKER_IMAGE_ROLE = "worker-image"
-# EC2's CreationDate has whole seconds; buildami also records the build time to the microsecond
-# (UTC, ISO 8601, so it sorts as text) to order images built within one second.
-BUILT_AT_TAG = "facesite:built-at"
+from facesite.aws.names import BUILT_AT_TAG, PREFIX_TAG, Role
 
 
 class NoWorkerImage(LookupError):
     """No AMI to launch workers from."""
 
 
-def worker_image_tags(prefix: str) -> list[dict[str, str]]:
-    """The tags that mark an AMI as this deployment's worker image."""
-    return [
-        {"Key": PREFIX_TAG, "Value": prefix},
-        {"Key": ROLE_TAG, "Value": WORKER_IMAGE_ROLE},
-    ]
-
-
 def worker_images() -> list[dict[str, Any]]:
     """This deployment's available worker images, newest first."""
     filters = [
-        {"Name": f"tag:{tag['Key']}", "Values": [tag["Value"]]}
-        for tag in worker_image_tags(settings.FACESITE_PREFIX)
+        *aws.names().tag_filters(Role.WORKER_IMAGE),
+        {"Name": "state", "Values": ["available"]},
     ]
-    filters.append({"Name": "state", "Values": ["available"]})
     images = aws.client("ec2").describe_images(Owners=["self"], Filters=filters)["Images"]
     return sorted(images, key=_build_order, reverse=True)
 
 
 def _build_order(image: dict[str, Any]) -> tuple[str, str, str]:
+    # EC2's CreationDate has whole seconds; buildami also records the build time to the
+    # microsecond (UTC, ISO 8601, so it sorts as text) to order images built within one second.
     tags = {tag["Key"]: tag["Value"] for tag in image.get("Tags", [])}
     return image["CreationDate"], tags.get(BUILT_AT_TAG, ""), image["ImageId"]
 

@@ -10,8 +10,6 @@ face models, runs as `manage.py enroll`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import TextIOBase
 from pathlib import Path
@@ -30,15 +27,14 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management import call_command, get_commands
 
-from ami import emulator
-from ami.images import current_image_id
-from ami.processes import die_with_parent
-from ami.runner import DEFAULT_STOP_GRACE
+from ami.image.lookup import current_image_id
+from ami.local import emulator
+from ami.local.runner import DEFAULT_STOP_GRACE
+from ami.local.supervisor import Service, die_with_parent, stop_services
 from facesite import aws
-from scaler.fleet import PREFIX_TAG, ROLE_TAG
+from facesite.aws import readers
+from facesite.aws.names import WEB_INSTANCE_NAME, Role, State
 
-WEB_INSTANCE_NAME = "web-instance"
-WEB_ROLE = "web"
 EMULATOR_READY_TIMEOUT = 20.0
 HEALTHY_TIMEOUT = 180.0
 WATCH_INTERVAL = 0.25
@@ -50,50 +46,6 @@ class StackError(Exception):
 
 class StopRequested(Exception):
     """Ctrl-C or SIGTERM while starting."""
-
-
-@dataclass
-class Service:
-    """A long-running child process of the stack."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    # Seconds between SIGTERM and SIGKILL when the stack stops.
-    stop_timeout: float
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== {self.name} started {datetime.now(UTC).isoformat()}\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=settings.BASE_DIR,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: Ctrl-C comes through us
-                preexec_fn=die_with_parent,
-            )
-
-    def exit_status(self) -> int | None:
-        """None while it runs."""
-        return None if self.process is None else self.process.poll()
-
-    def terminate(self) -> None:
-        """SIGTERM to the service's own process, which stops its children in its own way."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class LocalStack:
@@ -187,7 +139,7 @@ class LocalStack:
             self.say("WARNING: no `manage.py runscaler` in this checkout: nothing will scale")
         web = self.add(
             "web",
-            [str(bin_dir / "gunicorn"), "-c", "facesite/gunicorn.py", "facesite.wsgi"],
+            [str(bin_dir / "gunicorn"), "-c", "recognition/web/gunicorn.py", "facesite.wsgi"],
             stop_timeout=20,
             env={"FACESITE_BIND": f"127.0.0.1:{self.web_port}"},
         )
@@ -223,18 +175,15 @@ class LocalStack:
     def ensure_web_instance(self) -> None:
         """A running `web-instance` in the emulator: the web tier as the course shows it."""
         ec2 = aws.client("ec2")
-        tags = [
-            {"Key": "Name", "Value": WEB_INSTANCE_NAME},
-            {"Key": PREFIX_TAG, "Value": settings.FACESITE_PREFIX},
-            {"Key": ROLE_TAG, "Value": WEB_ROLE},
-        ]
-        filters = [{"Name": f"tag:{tag['Key']}", "Values": [tag["Value"]]} for tag in tags] + [
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}
-        ]
         existing = [
             instance
-            for reservation in ec2.describe_instances(Filters=filters)["Reservations"]
-            for instance in reservation["Instances"]
+            for instance in readers.instances(
+                ec2,
+                settings.FACESITE_PREFIX,
+                Role.WEB,
+                states=[State.PENDING, State.RUNNING, State.STOPPED],
+            )
+            if instance.name == WEB_INSTANCE_NAME
         ]
         if not existing:
             ec2.run_instances(
@@ -242,10 +191,15 @@ class LocalStack:
                 InstanceType="t3.micro",
                 MinCount=1,
                 MaxCount=1,
-                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+                TagSpecifications=[
+                    {
+                        "ResourceType": "instance",
+                        "Tags": aws.names().tags(Role.WEB, WEB_INSTANCE_NAME),
+                    }
+                ],
             )
-        elif existing[0]["State"]["Name"] == "stopped":
-            ec2.start_instances(InstanceIds=[existing[0]["InstanceId"]])
+        elif existing[0].state == State.STOPPED:
+            ec2.start_instances(InstanceIds=[existing[0].id])
 
     def ensure_admin(self) -> None:
         from django.contrib.auth import get_user_model
@@ -254,7 +208,7 @@ class LocalStack:
         if users.filter(is_superuser=True).exists():
             self.say("Admin user: exists (its password is unchanged)")
             return
-        password = os.environ.get("FACESITE_ADMIN_PASSWORD", "admin")
+        password = settings.FACESITE_ADMIN_PASSWORD
         users.create_superuser("admin", "", password)
         self.say(f"Admin user created: admin / {password}")
 
@@ -288,7 +242,9 @@ class LocalStack:
     def add(
         self, name: str, argv: list[str], stop_timeout: float, env: dict[str, str] | None = None
     ) -> Service:
-        service = Service(name, argv, self.log_dir / f"{name}.log", stop_timeout, env or {})
+        service = Service(
+            name, argv, self.log_dir / f"{name}.log", settings.BASE_DIR, stop_timeout, env or {}
+        )
         service.start()
         self.services.append(service)
         return service
@@ -363,31 +319,7 @@ class LocalStack:
             self.say("Stopped.")
 
     def stop_services(self, services: list[Service]) -> None:
-        started = time.monotonic()
-        running = [service for service in services if service.exit_status() is None]
-        for service in running:
-            service.terminate()
-        while running:
-            time.sleep(0.05)
-            for service in list(running):
-                if service.exit_status() is not None:
-                    self.say(f"  {service.name} stopped ({time.monotonic() - started:.1f} s)")
-                    running.remove(service)
-                elif self.hurry or time.monotonic() - started > service.stop_timeout:
-                    self.say(f"  {service.name} did not stop in time: killing it")
-                    kill_group(service)
-        # Whatever a service left behind in its process group goes with it.
-        for service in services:
-            kill_group(service)
-
-
-def kill_group(service: Service) -> None:
-    if service.process is None:
-        return
-    # An empty group (everything already exited) is fine.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(service.process.pid, signal.SIGKILL)
-    service.process.poll()
+        stop_services(services, say=self.say, hurry=lambda: self.hurry)
 
 
 def require_free_port(port: int, what: str, setting: str) -> None:

@@ -10,8 +10,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from facesite import aws
-from recognition.responses import consumers_alive
-from recognition.uploads import UploadRefused, clean_file_name, handle_upload, validate_image
+from recognition.web.responses import consumers_alive
+from recognition.web.uploads import UploadRefused, clean_file_name, handle_upload, validate_image
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
     if not consumers_alive():
         return plain("The response consumer is not running in this process.", 503)
     try:
-        aws.client("s3").head_bucket(Bucket=settings.INPUT_BUCKET)
+        aws.client("s3").head_bucket(Bucket=aws.names().input_bucket)
         aws.client("sqs").get_queue_attributes(
-            QueueUrl=settings.REQUEST_QUEUE_URL, AttributeNames=["QueueArn"]
+            QueueUrl=aws.names().request_queue_url, AttributeNames=["QueueArn"]
         )
     except Exception as error:
         logger.warning("health check failed: %s", error)

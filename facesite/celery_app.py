@@ -9,8 +9,8 @@ from celery.signals import before_task_publish
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
 
 app = Celery("facesite")
+# The worker imports its task module (CELERY_IMPORTS); the web tier sends tasks by name.
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
 
 
 # Headers Celery always writes but whose absence the worker reads as the same default. Dropping

@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import connection
 
 from facesite import aws
+from recognition import lifecycle
+from recognition.messages import ResultMessage
 from recognition.models import UploadRequest
-from recognition.results import Result
 
 logger = logging.getLogger(__name__)
 
@@ -63,23 +64,17 @@ def _timestamp(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, tz=UTC) if epoch is not None else None
 
 
-def record_result(result: Result) -> bool:
+def record_result(result: ResultMessage) -> bool:
     """Complete the request's history row; False when it was already complete (a redelivery)."""
-    if result.status == 200:
-        status = UploadRequest.Status.DONE
-    elif result.status == 422:
-        status = UploadRequest.Status.NO_FACE
-    else:
-        status = UploadRequest.Status.FAILED
     updated = (
         UploadRequest.objects.filter(pk=result.request_id)
         .exclude(status__in=UploadRequest.FINAL_STATUSES)
         .update(
-            status=status,
+            status=lifecycle.history_status(result.outcome),
             name=result.name,
             distance=result.distance,
             faces=result.faces,
-            result_status=result.status,
+            result_status=lifecycle.http_status(result.outcome),
             error=result.error,
             worker_instance_id=result.instance,
             started_at=_timestamp(result.started),
@@ -103,7 +98,7 @@ class ResponseConsumer(threading.Thread):
             while not self.stop.is_set():
                 try:
                     messages = sqs.receive_message(
-                        QueueUrl=settings.RESPONSE_QUEUE_URL,
+                        QueueUrl=aws.names().response_queue_url,
                         MaxNumberOfMessages=10,
                         WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
                     ).get("Messages", [])
@@ -119,7 +114,7 @@ class ResponseConsumer(threading.Thread):
         waiting_elsewhere = []
         for message in messages:
             try:
-                result = Result.from_json(message["Body"])
+                result = ResultMessage.from_json(message["Body"])
                 uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
             except (ValueError, TypeError):
                 logger.error("response consumer: dropping malformed message %r", message["Body"])
@@ -132,7 +127,9 @@ class ResponseConsumer(threading.Thread):
             self.pass_on(waiting_elsewhere)
         # Deleted only after the rows are written: a process that dies before this point leaves
         # the results to come back after the visibility timeout, and recording is idempotent.
-        aws.client("sqs").delete_message_batch(QueueUrl=settings.RESPONSE_QUEUE_URL, Entries=done)
+        aws.client("sqs").delete_message_batch(
+            QueueUrl=aws.names().response_queue_url, Entries=done
+        )
 
     def pass_on(self, request_ids: list[str]) -> None:
         """Tell the processes these requests wait in that their rows are complete."""

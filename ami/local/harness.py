@@ -1,5 +1,6 @@
-"""Real processes for end-to-end tests: a moto server, `manage.py` commands, Celery workers and
-gunicorn, each configured only through environment variables, as in production.
+"""Real processes for end-to-end tests and benchmarks: a moto server, `manage.py` commands,
+Celery workers and gunicorn, each configured only through environment variables, as in
+production, and each a `Service` of the local stack's supervisor.
 
 Every stack gets its own prefix, database and log directory, so tests never touch a running
 `make run` (which owns ports 5000 and 8000) or each other.
@@ -26,9 +27,13 @@ from typing import Any
 import boto3
 import requests
 
-from ami import emulator
+from ami.local import emulator
+from ami.local.supervisor import Service, stop_services
+from facesite.aws import readers
+from facesite.aws.names import Names, Role
+from facesite.config import BASE_DIR
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = BASE_DIR
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -55,10 +60,8 @@ class MotoServer:
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_dir / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            emulator.command(self.port), stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.service = Service("moto", emulator.command(self.port), log_dir / "moto.log", REPO_DIR)
+        self.process = self.service.start()
         wait_until(self._ready, 20, "moto server")
 
     def _ready(self) -> bool:
@@ -68,9 +71,7 @@ class MotoServer:
             return False
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.log.close()
+        stop_services([self.service])
 
 
 class Stack:
@@ -98,7 +99,8 @@ class Stack:
             "FACESITE_ENGINE_THREADS": "1",
             **settings,
         }
-        self.processes: list[subprocess.Popen] = []
+        self.names = Names(self.prefix, "us-east-1", "123456789012", moto.endpoint)
+        self.services: list[Service] = []
         self.web_url = ""
 
     # --- AWS as the tests see it --------------------------------------------------------------
@@ -119,14 +121,8 @@ class Stack:
         return self.client("sqs").get_queue_url(QueueName=self.name(suffix))["QueueUrl"]
 
     def queue_depth(self, suffix: str) -> tuple[int, int]:
-        attributes = self.client("sqs").get_queue_attributes(
-            QueueUrl=self.queue_url(suffix),
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
+        depth = readers.queue_depth(self.client("sqs"), self.queue_url(suffix))
+        return depth.visible, depth.in_flight
 
     def bucket_keys(self, suffix: str) -> list[str]:
         listing = self.client("s3").list_objects_v2(Bucket=self.name(suffix))
@@ -134,22 +130,8 @@ class Stack:
 
     def app_tier_states(self) -> Counter:
         """How many of this stack's app-tier instances are in each EC2 state."""
-        pages = (
-            self.client("ec2")
-            .get_paginator("describe_instances")
-            .paginate(
-                Filters=[
-                    {"Name": "tag:facesite:prefix", "Values": [self.prefix]},
-                    {"Name": "tag:facesite:role", "Values": ["app-tier"]},
-                ]
-            )
-        )
-        return Counter(
-            instance["State"]["Name"]
-            for page in pages
-            for reservation in page["Reservations"]
-            for instance in reservation["Instances"]
-        )
+        records = readers.instances(self.client("ec2"), self.prefix, Role.APP_TIER)
+        return Counter(str(record.state) for record in records)
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
         with sqlite3.connect(self.db_path, timeout=30) as db:
@@ -174,18 +156,11 @@ class Stack:
         return result
 
     def spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        process = subprocess.Popen(
-            args,
-            cwd=REPO_DIR,
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        service = Service(
+            name, args, self.log_dir / f"{name}.log", REPO_DIR, 20, {**self.env, **env}
         )
-        log.close()
-        self.processes.append(process)
-        return process
+        self.services.append(service)
+        return service.start()
 
     def deploy(self, gallery_dir: Path) -> None:
         """Create the database, the buckets and queues, and enroll `gallery_dir`."""
@@ -204,7 +179,7 @@ class Stack:
         port = free_port()
         self.spawn(
             name,
-            [str(VENV_BIN / "gunicorn"), "-c", "facesite/gunicorn.py", "facesite.wsgi"],
+            [str(VENV_BIN / "gunicorn"), "-c", "recognition/web/gunicorn.py", "facesite.wsgi"],
             FACESITE_BIND=f"127.0.0.1:{port}",
             FACESITE_WEB_PROCESSES=str(processes),
             **env,
@@ -224,23 +199,19 @@ class Stack:
         runner_log = self.log_dir / "runner.log"
         wait_until(lambda: b"zygote ready" in runner_log.read_bytes(), 120, "the runner's zygote")
 
+    @property
+    def processes(self) -> list[subprocess.Popen]:
+        return [service.process for service in self.services if service.process is not None]
+
     def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        """Stop one process this stack spawned (SIGTERM, SIGKILL after `timeout`)."""
+        service = next(s for s in self.services if s.process is process)
+        service.stop_timeout = timeout
+        stop_services([service])
 
     def stop_all(self) -> None:
-        # Signal everyone first, then wait: shutdowns overlap instead of adding up.
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            self.stop(process)
-        self.processes.clear()
+        stop_services(self.services)
+        self.services.clear()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import re
 import subprocess
 import tarfile
@@ -36,13 +35,22 @@ from typing import Any
 from botocore.exceptions import ClientError
 from django.conf import settings
 
-from ami.bootscript import ENV_FILE, SINGLE_THREAD_ENVIRONMENT, USER_DATA_LIMIT, WORKER_UNIT
-from ami.images import BUILT_AT_TAG, worker_image_tags
+from ami.image.bootscript import (
+    ENV_FILE,
+    SINGLE_THREAD_ENVIRONMENT,
+    USER_DATA_LIMIT,
+    WORKER_UNIT,
+    render_template,
+)
 from facesite import aws
-from scaler.fleet import PREFIX_TAG, ROLE, ROLE_TAG
+from facesite.aws.names import BUILT_AT_TAG, Names, Role
+from facesite.aws.provision import (
+    ProvisionError,
+    ensure_worker_role,
+    ensure_worker_security_group,
+)
 
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-BUILDER_ROLE = "ami-builder"
 SOURCE_TAG = "facesite:source"
 SOURCE_KEY_PREFIX = "ami-build/"
 APP_DIR = "/opt/facesite/app"
@@ -125,158 +133,37 @@ def pinned_version(package: str, requirements: Path) -> str:
 
 def worker_unit() -> str:
     """The systemd unit baked into the image; the boot script writes its EnvironmentFile."""
-    single_thread = " ".join(f"{name}={value}" for name, value in SINGLE_THREAD_ENVIRONMENT.items())
-    return f"""[Unit]
-Description=facesite app-tier worker (Celery over SQS, one request at a time)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-User=facesite
-Group=facesite
-WorkingDirectory={APP_DIR}
-EnvironmentFile={ENV_FILE}
-Environment=FACESITE_VAR_DIR=/var/lib/facesite PYTHONUNBUFFERED=1 {single_thread}
-StateDirectory=facesite
-ExecStart={VENV_DIR}/bin/python manage.py runworker
-Restart=on-failure
-RestartSec=2
-# Celery's warm shutdown: the task in hand finishes before the worker exits.
-KillSignal=SIGTERM
-KillMode=mixed
-TimeoutStopSec={WORKER_STOP_TIMEOUT}
-
-[Install]
-WantedBy=multi-user.target
-"""
+    return render_template(
+        "facesite-worker.service",
+        app_dir=APP_DIR,
+        venv_dir=VENV_DIR,
+        env_file=ENV_FILE,
+        single_thread=" ".join(f"{k}={v}" for k, v in SINGLE_THREAD_ENVIRONMENT.items()),
+        stop_timeout=WORKER_STOP_TIMEOUT,
+    )
 
 
 def builder_user_data(bucket: str, key: str, region: str) -> str:
     """The builder instance's user data: install the worker, then power off."""
     requirements = Path(settings.BASE_DIR) / "requirements"
-    torch = pinned_version("torch", requirements / "engine.txt")
-    torchvision = pinned_version("torchvision", requirements / "nodeps.txt")
-    boto3 = pinned_version("boto3", requirements / "base.txt")
-    pip = f"{VENV_DIR}/bin/pip install --no-cache-dir"
-    script = f"""#!/bin/bash
-# facesite AMI builder (EC2 user data), rendered by ami/build.py: installs the worker, then
-# powers off; `manage.py buildami` images the stopped instance. A failed step leaves the
-# instance running (log: /var/log/facesite-build.log and the console), and buildami times out.
-set -euxo pipefail
-exec > >(tee -a /var/log/facesite-build.log > /dev/console) 2>&1
-dnf install -y python3.11 python3.11-pip tar gzip
-useradd --system --home-dir /opt/facesite --shell /sbin/nologin facesite
-python3.11 -m venv {VENV_DIR}
-{pip} boto3=={boto3}
-# The code, with the instance profile's credentials (the worker role reads the gallery bucket).
-{VENV_DIR}/bin/python - <<'PY'
-import boto3
-boto3.client("s3", region_name="{region}").download_file("{bucket}", "{key}", "/tmp/src.tar.gz")
-PY
-install -d {APP_DIR}
-tar -xzf /tmp/src.tar.gz -C {APP_DIR}
-rm /tmp/src.tar.gz
-cd {APP_DIR}
-# PyPI's Linux torch wheels are CUDA builds (gigabytes): take the CPU ones from PyTorch's index.
-{pip} --index-url {TORCH_CPU_INDEX} torch=={torch} torchvision=={torchvision}
-{pip} -r requirements/worker.txt
-{pip} --no-deps -r requirements/nodeps.txt
-{VENV_DIR}/bin/python -m compileall -q {APP_DIR}
-# Fail the build here, not on every instance, if the engine or its model weights do not load.
-FACESITE_AWS_ENDPOINT= FACESITE_VAR_DIR=/tmp {VENV_DIR}/bin/python -c '
-import django, os
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
-django.setup()
-from recognition.engine import get_engine
-get_engine()
-'
-cat > /etc/systemd/system/{WORKER_UNIT} <<'UNIT'
-{worker_unit()}UNIT
-systemctl daemon-reload
-# Instances launched from the image run their own user data, not this one's.
-cloud-init clean --logs
-poweroff
-"""
+    script = render_template(
+        "builder.sh",
+        venv_dir=VENV_DIR,
+        app_dir=APP_DIR,
+        pip=f"{VENV_DIR}/bin/pip install --no-cache-dir",
+        boto3_version=pinned_version("boto3", requirements / "base.txt"),
+        torch_version=pinned_version("torch", requirements / "engine.txt"),
+        torchvision_version=pinned_version("torchvision", requirements / "nodeps.txt"),
+        torch_index=TORCH_CPU_INDEX,
+        region=region,
+        bucket=bucket,
+        key=key,
+        worker_unit=WORKER_UNIT,
+        worker_unit_text=worker_unit(),
+    )
     if len(script.encode()) > USER_DATA_LIMIT:
         raise BuildError(f"the builder script is {len(script.encode())} bytes, over 16 KB")
     return script
-
-
-def worker_policy(prefix: str, region: str, account: str) -> dict[str, Any]:
-    """What a worker may do, and nothing else."""
-
-    def objects(bucket: str) -> str:
-        return f"arn:aws:s3:::{bucket}/*"
-
-    def queue(name: str) -> str:
-        return f"arn:aws:sqs:{region}:{account}:{name}"
-
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadUploads",
-                "Effect": "Allow",
-                # Uploads are read by version: the input bucket is versioned.
-                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                "Resource": objects(settings.INPUT_BUCKET),
-            },
-            {
-                "Sid": "WriteResults",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject"],
-                "Resource": objects(settings.OUTPUT_BUCKET),
-            },
-            {
-                "Sid": "ReadGallery",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": objects(settings.GALLERY_BUCKET),
-            },
-            {
-                "Sid": "TakeRequests",
-                "Effect": "Allow",
-                "Action": [
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes",
-                ],
-                "Resource": queue(settings.REQUEST_QUEUE),
-            },
-            {
-                "Sid": "SendResults",
-                "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
-                "Resource": queue(settings.RESPONSE_QUEUE),
-            },
-            {
-                "Sid": "StopIdleWorkers",
-                "Effect": "Allow",
-                "Action": ["ec2:StopInstances"],
-                "Resource": f"arn:aws:ec2:{region}:{account}:instance/*",
-                "Condition": {
-                    "StringEquals": {
-                        f"aws:ResourceTag/{PREFIX_TAG}": prefix,
-                        f"aws:ResourceTag/{ROLE_TAG}": ROLE,
-                    }
-                },
-            },
-        ],
-    }
-
-
-EC2_TRUST_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -285,28 +172,40 @@ EC2_TRUST_POLICY = {
 @dataclass(frozen=True)
 class BuildPlan:
     local: bool  # on the emulator: register an image, boot nothing
-    prefix: str
-    region: str
+    names: Names
     base_ami: str  # "" = the latest Amazon Linux 2023, looked up when building
     instance_type: str
-    profile: str  # the workers' IAM role and instance profile (one name for both)
-    security_group: str
-    bucket: str
     source: SourceTree
     image_name: str
     timeout: float  # seconds the builder may take
     poll: float  # seconds between two looks at the builder and the image
 
+    @property
+    def prefix(self) -> str:
+        return self.names.prefix
+
+    @property
+    def profile(self) -> str:
+        """The workers' IAM role and instance profile (one name for both)."""
+        return self.names.worker_profile
+
+    @property
+    def bucket(self) -> str:
+        """Where the source bundle goes: the gallery bucket, which workers may already read."""
+        return self.names.gallery_bucket
+
     def describe(self) -> list[str]:
         where = f"the emulator at {settings.AWS_ENDPOINT_URL}" if self.local else "AWS"
+        names = self.names
         steps = [
-            f"Build the worker image for prefix '{self.prefix}' on {where} ({self.region}):",
+            f"Build the worker image for prefix '{self.prefix}' on {where} ({names.region}):",
             f"- IAM role and instance profile '{self.profile}' (create or update): S3 get on "
-            f"{settings.INPUT_BUCKET} and {settings.GALLERY_BUCKET}, put on "
-            f"{settings.OUTPUT_BUCKET}; SQS receive/delete/change-visibility/get-attributes on "
-            f"{settings.REQUEST_QUEUE}, send on {settings.RESPONSE_QUEUE}; ec2:StopInstances on "
-            f"instances tagged {PREFIX_TAG}={self.prefix}, {ROLE_TAG}={ROLE}",
-            f"- security group '{self.security_group}' in the default VPC, no inbound rules",
+            f"{names.input_bucket} and {names.gallery_bucket}, put on {names.output_bucket}; "
+            "SQS receive/delete/change-visibility/get-attributes on "
+            f"{names.request_queue}, send on {names.response_queue}; ec2:StopInstances on "
+            f"this prefix's {Role.APP_TIER} instances",
+            f"- security group '{names.worker_security_group}' in the default VPC, no inbound "
+            "rules",
         ]
         if self.local:
             steps.append(
@@ -332,17 +231,14 @@ class BuildPlan:
 
 def plan_build(base_ami: str = "", timeout: float = 2400, poll: float = 15) -> BuildPlan:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    names = aws.names()
     return BuildPlan(
         local=bool(settings.AWS_ENDPOINT_URL),
-        prefix=settings.FACESITE_PREFIX,
-        region=settings.AWS_REGION,
+        names=names,
         base_ami=base_ami,
         instance_type=settings.FACESITE_INSTANCE_TYPE,
-        profile=settings.FACESITE_INSTANCE_PROFILE,
-        security_group=f"{settings.FACESITE_PREFIX}-worker-sg",
-        bucket=settings.GALLERY_BUCKET,
         source=source_tree(),
-        image_name=f"{settings.FACESITE_PREFIX}-worker-{stamp}",
+        image_name=names.image_name(stamp),
         timeout=timeout,
         poll=poll,
     )
@@ -359,86 +255,21 @@ class BuildResult:
 
 
 def build(plan: BuildPlan, say: Say) -> BuildResult:
-    profile = ensure_worker_role(plan)
+    profile = ensure_worker_role(plan.names)
     say(f"instance profile {profile}")
-    group = ensure_security_group(plan)
-    say(f"security group {plan.security_group}: {group}")
+    try:
+        group = ensure_worker_security_group(plan.names)
+    except ProvisionError as error:
+        raise BuildError(str(error)) from error
+    say(f"security group {plan.names.worker_security_group}: {group}")
     image = register_local_image(plan) if plan.local else build_on_aws(plan, group, say)
     say(f"worker image {image} ({plan.image_name})")
     return BuildResult(image_id=image, instance_profile=profile, security_group_id=group)
 
 
-def ensure_worker_role(plan: BuildPlan) -> str:
-    """The workers' role and instance profile, created or brought up to date; returns its ARN."""
-    iam = aws.client("iam")
-    account = aws.client("sts").get_caller_identity()["Account"]
-    try:
-        iam.get_role(RoleName=plan.profile)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        iam.create_role(
-            RoleName=plan.profile,
-            AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY),
-            Description=f"facesite workers of prefix {plan.prefix}",
-            Tags=[{"Key": PREFIX_TAG, "Value": plan.prefix}],
-        )
-    # Written every time: a rebuilt image also brings the policy up to date.
-    iam.put_role_policy(
-        RoleName=plan.profile,
-        PolicyName="facesite-worker",
-        PolicyDocument=json.dumps(worker_policy(plan.prefix, plan.region, account)),
-    )
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=plan.profile)["InstanceProfile"]
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        profile = iam.create_instance_profile(InstanceProfileName=plan.profile)["InstanceProfile"]
-    if plan.profile not in {role["RoleName"] for role in profile.get("Roles", [])}:
-        iam.add_role_to_instance_profile(InstanceProfileName=plan.profile, RoleName=plan.profile)
-    return profile["Arn"]
-
-
-def ensure_security_group(plan: BuildPlan) -> str:
-    """The workers' security group in the default VPC, without inbound rules; returns its id.
-
-    Workers only call out (SQS, S3, EC2); the default outbound rule is kept."""
-    ec2 = aws.client("ec2")
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise BuildError(f"no default VPC in {plan.region} to put the security group in")
-    vpc = vpcs[0]["VpcId"]
-    groups = ec2.describe_security_groups(
-        Filters=[
-            {"Name": "group-name", "Values": [plan.security_group]},
-            {"Name": "vpc-id", "Values": [vpc]},
-        ]
-    )["SecurityGroups"]
-    if not groups:
-        return ec2.create_security_group(
-            GroupName=plan.security_group,
-            Description=f"facesite workers of prefix {plan.prefix}: no inbound traffic",
-            VpcId=vpc,
-            TagSpecifications=[
-                {
-                    "ResourceType": "security-group",
-                    "Tags": [{"Key": PREFIX_TAG, "Value": plan.prefix}],
-                }
-            ],
-        )["GroupId"]
-    group = groups[0]
-    if group["IpPermissions"]:
-        ec2.revoke_security_group_ingress(
-            GroupId=group["GroupId"], IpPermissions=group["IpPermissions"]
-        )
-    return group["GroupId"]
-
-
 def image_tags(plan: BuildPlan, source_digest: str = "") -> list[dict[str, str]]:
     tags = [
-        *worker_image_tags(plan.prefix),
-        {"Key": "Name", "Value": plan.image_name},
+        *plan.names.tags(Role.WORKER_IMAGE, plan.image_name),
         {"Key": BUILT_AT_TAG, "Value": datetime.now(UTC).isoformat()},
         {"Key": "facesite:commit", "Value": plan.source.commit},
     ]
@@ -477,7 +308,7 @@ def build_on_aws(plan: BuildPlan, security_group_id: str, say: Say) -> str:
         plan.base_ami
         or aws.client("ssm").get_parameter(Name=AL2023_PARAMETER)["Parameter"]["Value"]
     )
-    user_data = builder_user_data(plan.bucket, key, plan.region)
+    user_data = builder_user_data(plan.bucket, key, plan.names.region)
     builder = launch_builder(plan, base, security_group_id, user_data)
     say(f"builder {builder} launched from {base}; waiting for it to install and power off")
     try:
@@ -511,11 +342,7 @@ def build_on_aws(plan: BuildPlan, security_group_id: str, say: Say) -> str:
 
 
 def launch_builder(plan: BuildPlan, base_ami: str, security_group_id: str, user_data: str) -> str:
-    tags = [
-        {"Key": "Name", "Value": f"{plan.prefix}-ami-builder"},
-        {"Key": PREFIX_TAG, "Value": plan.prefix},
-        {"Key": ROLE_TAG, "Value": BUILDER_ROLE},
-    ]
+    tags = plan.names.tags(Role.AMI_BUILDER, plan.names.builder_name)
     request = {
         "ImageId": base_ami,
         "InstanceType": plan.instance_type,

@@ -7,7 +7,7 @@ app-tier instances from the emulator's EC2 API (by tags; state comes from EC2 on
 it works the same for instances created before it started and after its own restart), and
 
 - boots each running instance that has no worker: runs the instance's user data (the boot
-  script from ami/bootscript.py) as a worker process;
+  script from ami/image/bootscript.py) as a worker process;
 - sends SIGTERM to the worker of each instance that is no longer running (Celery's warm
   shutdown: the task in hand finishes), and SIGKILL `stop_grace` seconds later;
 - leaves an instance whose worker died on its own running without a worker, as on AWS, and
@@ -46,11 +46,11 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
-from ami.bootscript import parse_user_data, worker_environment
-from ami.processes import die_with_parent
+from ami.image.bootscript import parse_user_data, worker_environment
+from ami.local.supervisor import die_with_parent
 from facesite import aws
-from scaler.fleet import PREFIX_TAG, ROLE, ROLE_TAG
-from scaler.policy import instance_number
+from facesite.aws import readers
+from facesite.aws.names import Role, State, app_tier_number
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ WORKER_MODULES = (
     "kombu.mixins",
     "kombu.pidbox",
     "kombu.transport.SQS",
-    "recognition.tasks",
+    "recognition.worker.tasks",
 )
 # Exit status of a child whose user data is not a facesite boot script (sysexits' EX_CONFIG).
 EXIT_BAD_USER_DATA = 78
@@ -137,7 +137,7 @@ class InstanceRunner:
         torch.set_num_threads(1)
         for module in WORKER_MODULES:
             importlib.import_module(module)
-        from facesite.celery import app
+        from facesite.celery_app import app
         from recognition.engine import get_engine
 
         # Resolving the (disabled) result backend scans every installed package's entry points;
@@ -215,22 +215,10 @@ class InstanceRunner:
 
     def running_instances(self) -> dict[str, str] | None:
         """This deployment's running app-tier instances (id -> name), or None if EC2 failed."""
-        filters = [
-            {"Name": f"tag:{PREFIX_TAG}", "Values": [self.prefix]},
-            {"Name": f"tag:{ROLE_TAG}", "Values": [ROLE]},
-            {"Name": "instance-state-name", "Values": ["running"]},
-        ]
-        running: dict[str, str] = {}
         try:
-            paginator = aws.client("ec2").get_paginator("describe_instances")
-            for page in paginator.paginate(Filters=filters):
-                for reservation in page["Reservations"]:
-                    for raw in reservation["Instances"]:
-                        tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
-                        name = tags.get("Name", "")
-                        # The scaler ignores misnamed instances; so does the runner.
-                        if instance_number(name) is not None:
-                            running[raw["InstanceId"]] = name
+            instances = readers.instances(
+                aws.client("ec2"), self.prefix, Role.APP_TIER, states=[State.RUNNING]
+            )
         except (BotoCoreError, ClientError) as error:
             if not self._ec2_failing:
                 logger.warning("cannot read instances from EC2 (%s); retrying", error)
@@ -239,7 +227,8 @@ class InstanceRunner:
         if self._ec2_failing:
             logger.info("EC2 answers again")
             self._ec2_failing = False
-        return running
+        # The scaler ignores misnamed instances; so does the runner.
+        return {i.id: i.name for i in instances if app_tier_number(i.name) is not None}
 
     def user_data(self, instance_id: str, name: str) -> str | None:
         """The instance's user data ("" if it has none), or None if EC2 failed."""
@@ -386,7 +375,7 @@ class InstanceRunner:
         from celery.signals import worker_ready
         from django.db import connections
 
-        from recognition.worker import run_worker
+        from recognition.worker.process import run_worker
 
         # Never use the zygote's connections: their sockets are shared with it.
         aws.reset_clients()

@@ -7,8 +7,12 @@ instance profile. The local instance runner reads the same script back with `par
 """
 
 import re
+from pathlib import Path
+from string import Template
 
 from django.conf import settings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 ENV_FILE = "/etc/facesite/worker.env"
 WORKER_UNIT = "facesite-worker.service"
@@ -45,12 +49,16 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_AWS_ENDPOINT": settings.AWS_ENDPOINT_URL or "",
         "FACESITE_ENGINE_THREADS": "1",
         "FACESITE_EMBEDDER": settings.FACESITE_EMBEDDER,
-        "FACESITE_MATCH_THRESHOLD": settings.FACESITE_MATCH_THRESHOLD,
+        "FACESITE_MATCH_THRESHOLD": (
+            ""
+            if settings.FACESITE_MATCH_THRESHOLD is None
+            else str(settings.FACESITE_MATCH_THRESHOLD)
+        ),
         "FACESITE_TOP_K": str(settings.FACESITE_TOP_K),
         "FACESITE_MAX_PIXELS": str(settings.FACESITE_MAX_PIXELS),
         "FACESITE_DETECT_MAX_SIDE": str(settings.FACESITE_DETECT_MAX_SIDE),
         "FACESITE_LOG_LEVEL": settings.LOGGING["root"]["level"],
-        "FACESITE_VISIBILITY_TIMEOUT": str(settings.REQUEST_VISIBILITY_TIMEOUT),
+        "FACESITE_VISIBILITY_TIMEOUT": str(settings.FACESITE_VISIBILITY_TIMEOUT),
         "FACESITE_SQS_WAIT_SECONDS": str(settings.FACESITE_SQS_WAIT_SECONDS),
         "FACESITE_SELF_STOP_INTERVAL": str(settings.FACESITE_SELF_STOP_INTERVAL),
         **SINGLE_THREAD_ENVIRONMENT,
@@ -66,23 +74,22 @@ def render_boot_script(environment: dict[str, str]) -> str:
         if not _VALUE.fullmatch(value):
             raise ValueError(f"{key}={value!r}: the worker env file cannot carry this value")
         lines.append(f"{key}={value}")
-    env_lines = "\n".join(lines)
-    script = f"""#!/bin/bash
-# facesite app-tier boot script (EC2 user data), rendered by ami/bootscript.py.
-# Configuration only: the worker's AWS credentials come from the instance profile.
-set -euo pipefail
-install -d -m 0755 /etc/facesite
-{_HEREDOC_START}
-{env_lines}
-{_HEREDOC_END}
-chmod 0644 {ENV_FILE}
-# enable: the worker also starts on every later boot (a stopped instance that is started again).
-# --no-block: cloud-init runs this from a unit of its own; never wait on another unit's start.
-systemctl enable --now --no-block {WORKER_UNIT}
-"""
+    script = render_template(
+        "boot.sh",
+        heredoc_start=_HEREDOC_START,
+        env_lines="\n".join(lines),
+        heredoc_end=_HEREDOC_END,
+        env_file=ENV_FILE,
+        worker_unit=WORKER_UNIT,
+    )
     if len(script.encode()) > USER_DATA_LIMIT:
         raise ValueError(f"the boot script is {len(script.encode())} bytes, over EC2's 16 KB")
     return script
+
+
+def render_template(name: str, **values: object) -> str:
+    """A file of ami/image/templates with its ${names} filled in; a missing value is an error."""
+    return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
 def worker_user_data() -> str:

@@ -1,5 +1,7 @@
-"""The app-tier worker process: a Celery worker that runs one task at a time and stops its own
-EC2 instance when it is idle and the request queue is empty.
+"""A worker stops its own EC2 instance when it is idle and the request queue is empty.
+
+Whether the worker is busy is kept by Celery's task_prerun/task_postrun signals, so the task
+itself does no bookkeeping.
 
 On AWS the instance id comes from the instance metadata service; the local instance runner
 passes it in FACESITE_INSTANCE_ID. A worker started by hand has none and never self-stops.
@@ -12,10 +14,11 @@ import threading
 import time
 import urllib.request
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from django.conf import settings
 
 from facesite import aws
+from facesite.aws import readers
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +33,13 @@ _stopping = threading.Event()
 _idle_since = time.monotonic()
 
 
-def mark_busy() -> None:
+@task_prerun.connect
+def mark_busy(**_: object) -> None:
     _busy.set()
 
 
-def mark_idle() -> None:
+@task_postrun.connect
+def mark_idle(**_: object) -> None:
     global _idle_since
     _idle_since = time.monotonic()
     _busy.clear()
@@ -75,14 +80,7 @@ def _instance_id_from_metadata() -> str:
 
 def queue_is_empty() -> bool:
     """Nothing visible and nothing in flight on the request queue."""
-    attributes = aws.client("sqs").get_queue_attributes(
-        QueueUrl=settings.REQUEST_QUEUE_URL,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]) == 0
-        and int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 0
-    )
+    return readers.queue_depth(aws.client("sqs"), aws.names().request_queue_url).total == 0
 
 
 def self_stop_loop(instance: str, interval: float, idle_after: float) -> None:
@@ -131,32 +129,3 @@ def start_self_stop(**_: object) -> None:
 @worker_shutting_down.connect
 def stop_self_stop(**_: object) -> None:
     _stopping.set()
-
-
-def worker_argv(instance: str = "") -> list[str]:
-    """The Celery worker command line every app-tier process runs."""
-    node = instance or f"manual-{os.getpid()}"
-    return [
-        "worker",
-        "--pool=solo",  # one request at a time per instance: the course's contract
-        "--concurrency=1",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        f"--queues={settings.REQUEST_QUEUE}",
-        f"--hostname={node}@%h",
-        f"--loglevel={settings.LOGGING['root']['level']}",
-    ]
-
-
-def run_worker(instance: str = "") -> None:
-    """Run the worker in this process until SIGTERM (warm shutdown) or SIGINT."""
-    from facesite.celery import app
-    from recognition.engine import get_engine
-
-    if instance:
-        os.environ["FACESITE_INSTANCE_ID"] = instance
-        instance_id.cache_clear()
-    # Load the models before consuming, so the first task doesn't pay for it.
-    get_engine()
-    app.worker_main(worker_argv(instance))

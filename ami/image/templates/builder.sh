@@ -1,0 +1,35 @@
+#!/bin/bash
+# facesite AMI builder (EC2 user data), rendered by ami/image/build.py: installs the worker,
+# then powers off; `manage.py buildami` images the stopped instance. A failed step leaves the
+# instance running (log: /var/log/facesite-build.log and the console), and buildami times out.
+set -euxo pipefail
+exec > >(tee -a /var/log/facesite-build.log > /dev/console) 2>&1
+dnf install -y python3.11 python3.11-pip tar gzip
+useradd --system --home-dir /opt/facesite --shell /sbin/nologin facesite
+python3.11 -m venv ${venv_dir}
+${pip} boto3==${boto3_version}
+# The code, with the instance profile's credentials (the worker role reads the gallery bucket).
+${venv_dir}/bin/python - <<'PY'
+import boto3
+boto3.client("s3", region_name="${region}").download_file("${bucket}", "${key}", "/tmp/src.tar.gz")
+PY
+install -d ${app_dir}
+tar -xzf /tmp/src.tar.gz -C ${app_dir}
+rm /tmp/src.tar.gz
+cd ${app_dir}
+# PyPI's Linux torch wheels are CUDA builds (gigabytes): take the CPU ones from PyTorch's index.
+${pip} --index-url ${torch_index} torch==${torch_version} torchvision==${torchvision_version}
+${pip} -r requirements/worker.txt
+${pip} --no-deps -r requirements/nodeps.txt
+${venv_dir}/bin/python -m compileall -q ${app_dir}
+# Fail the build here, not on every instance, if the engine or its model weights do not load.
+FACESITE_AWS_ENDPOINT= FACESITE_VAR_DIR=/tmp ${venv_dir}/bin/python manage.py shell -c '
+from recognition.engine import get_engine
+get_engine()
+'
+cat > /etc/systemd/system/${worker_unit} <<'UNIT'
+${worker_unit_text}UNIT
+systemctl daemon-reload
+# Instances launched from the image run their own user data, not this one's.
+cloud-init clean --logs
+poweroff

@@ -1,0 +1,63 @@
+"""boto3 clients pointed at the configured AWS: the local emulator by default, real AWS when
+FACESITE_AWS_ENDPOINT is empty. Every module gets its clients here, so that switch, and the one
+retry policy, are decided in one place."""
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from django.conf import settings
+
+# The one retry policy for every AWS call: botocore's standard mode retries throttling,
+# transient 5xx and connection errors with exponential backoff and full jitter, and its
+# client-side retry quota stops a failing endpoint from being hammered. Nothing above it adds a
+# loop of its own, except for errors AWS documents as "not yet consistent" (an instance profile
+# just created, in ami/image/build.py).
+# botocore counts retries after the first attempt here (its "total_max_attempts" is one more).
+MAX_RETRIES = 8
+
+# The pool is sized for many web threads sharing one client (boto3 clients are thread-safe,
+# sessions are not). A short connect timeout keeps an unreachable endpoint from stalling a
+# scaler tick; reads outlast SQS's longest poll (20 s).
+_CONFIG = Config(
+    retries={"max_attempts": MAX_RETRIES, "mode": "standard"},
+    max_pool_connections=64,
+    connect_timeout=2,
+    read_timeout=30,
+)
+_session: boto3.session.Session | None = None
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _new_session() -> boto3.session.Session:
+    credentials = settings.AWS_CREDENTIALS
+    if credentials is None:
+        return boto3.session.Session()
+    key, secret = credentials
+    return boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def client(service: str) -> Any:
+    """A process-wide boto3 client for `service` ("s3", "sqs", "ec2", ...)."""
+    global _session
+    with _lock:
+        if service not in _clients:
+            # One session per process: it caches the parsed service models, which makes a new
+            # client ~10x cheaper (a worker forked from a warm runner builds its own in ms).
+            _session = _session or _new_session()
+            _clients[service] = _session.client(
+                service,
+                endpoint_url=settings.AWS_ENDPOINT_URL,
+                region_name=settings.AWS_REGION,
+                config=_CONFIG,
+            )
+        return _clients[service]
+
+
+def reset_clients() -> None:
+    """Forget cached clients (and their sockets) but keep the session's parsed models: after a
+    fork, or when tests point settings at another endpoint."""
+    with _lock:
+        _clients.clear()

@@ -1,0 +1,216 @@
+"""Every knob of facesite, read from the environment and validated once, at start-up.
+
+One typed field per variable (``FACESITE_<FIELD>`` unless an alias says otherwise), with its
+default and meaning beside it: this class is the single source of defaults. Values that depend
+on where facesite runs (the local emulator or real AWS) default to ``None`` here and are filled
+in by ``with_environment_defaults``. A malformed value stops the process with a message naming
+the variable (`load`); nothing else in the project reads configuration from ``os.environ``.
+
+Pure pydantic, no Django: gunicorn's configuration and the local stack's supervisor read it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCAL_ENDPOINT = "http://127.0.0.1:5000"
+# moto's account: queue URLs on the emulator carry it.
+EMULATOR_ACCOUNT_ID = "123456789012"
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class ConfigError(ValueError):
+    """The environment holds a value facesite cannot use; the message names the variable."""
+
+
+class FacesiteConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACESITE_", case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    # --- where it runs -------------------------------------------------------------------------
+    # Names every bucket, queue, role and tag: lower-case letters, digits and dashes (S3's rules).
+    prefix: str = Field("facesite", pattern=r"^[a-z0-9][a-z0-9-]{0,37}$")
+    # The AWS endpoint; the local emulator by default, an empty value means real AWS.
+    aws_endpoint: str = LOCAL_ENDPOINT
+    region: str = Field("us-east-1", validation_alias=_alias("AWS_DEFAULT_REGION"))
+    # The account in the queue URLs (`manage.py provision` prints yours on AWS).
+    aws_account_id: str = Field(EMULATOR_ACCOUNT_ID, pattern=r"^\d{12}$")
+    var_dir: Path = BASE_DIR / "var"  # runtime files: SQLite database, logs
+    db_path: Path | None = None  # default: <var_dir>/db.sqlite3
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Django ----------------------------------------------------------------------------------
+    secret_key: str = Field(
+        "facesite-local-development-key-not-for-production",
+        validation_alias=_alias("DJANGO_SECRET_KEY"),
+    )
+    debug: bool = Field(False, validation_alias=_alias("DJANGO_DEBUG"))
+    allowed_hosts: str = Field(
+        "127.0.0.1,localhost,[::1]", validation_alias=_alias("DJANGO_ALLOWED_HOSTS")
+    )
+    admin_password: str = "admin"  # the local stack's admin user, when it creates one
+    # What the local stack enrolls at start (one sub-folder per identity, or a flat folder
+    # labelled by an `Image,Results` CSV as the course's); `make run` sets them.
+    gallery_dir: Path | None = None
+    gallery_labels: Path | None = None
+
+    # --- web tier --------------------------------------------------------------------------------
+    bind: str = "127.0.0.1:8000"
+    web_processes: int = Field(2, ge=1)
+    web_threads: int = Field(600, ge=1)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger uploads get 413
+    reply_timeout: Positive = 300.0  # seconds an upload waits for its result before 504
+    response_consumers: int = Field(2, ge=0)  # response-queue consumer threads per web process
+    # Address of each web process's wake socket (a web machine's private address when several
+    # machines serve), and how often each process looks in the database for its completed
+    # requests in case a wake datagram was lost.
+    wake_host: str = "127.0.0.1"
+    sweep_interval: Positive = 1.0
+
+    # --- queues ----------------------------------------------------------------------------------
+    # A task takes well under a second; the timeout covers a large photo on a loaded instance.
+    # Short locally, so a message held by a killed worker comes back quickly.
+    visibility_timeout: int | None = Field(None, ge=1, le=43200)
+    max_receives: int = Field(5, ge=1)  # deliveries before a message goes to the DLQ
+    # Long polls are short locally: moto keeps serving a poll whose client was killed, holding
+    # the next message in flight (../shared/notes/aws-local.md).
+    sqs_wait_seconds: int | None = Field(None, ge=0, le=20)
+    broker_url: str = Field("", validation_alias=_alias("CELERY_BROKER_URL"))
+    # Only used on the emulator, which accepts any: real AWS takes boto3's credential chain.
+    access_key_id: str = Field("facesite-local", validation_alias=_alias("AWS_ACCESS_KEY_ID"))
+    secret_access_key: str = Field(
+        "facesite-local", validation_alias=_alias("AWS_SECRET_ACCESS_KEY")
+    )
+
+    # --- face engine -----------------------------------------------------------------------------
+    # "dlib" (dlib's 128-d ResNet, weights from PyPI) or "vggface2" (facenet-pytorch's
+    # InceptionResnetV1, when its weights file is under $TORCH_HOME/checkpoints).
+    embedder: Literal["dlib", "vggface2"] = "dlib"
+    # Distance beyond which the nearest identity is "Unknown"; unset = the embedder's own.
+    match_threshold: float | None = Field(None, gt=0)
+    top_k: int = Field(3, ge=1)
+    # torch threads per process; 0 = torch's default (all cores). One by default: an app-tier
+    # instance runs one request at a time, and on a shared 2-core machine a second OpenMP thread
+    # spin-waits against the other processes.
+    engine_threads: int = Field(1, ge=0)
+    max_pixels: int = Field(40_000_000, gt=0)  # larger images are refused (decompression bombs)
+    detect_max_side: int = Field(1280, ge=64)  # detection runs on a copy this size at most
+
+    # --- workers ---------------------------------------------------------------------------------
+    # An idle worker checks whether the queue is empty (to stop its own instance) this often,
+    # once it has been idle this long.
+    self_stop_interval: Positive = 0.25
+    self_stop_idle: NonNegative = 0.5
+
+    # --- scaler ----------------------------------------------------------------------------------
+    max_instances: int = Field(15, ge=0)
+    requests_per_instance: int = Field(1, ge=1)
+    warm_pool: int | None = Field(None, ge=0)  # stopped instances kept ready; default = max
+    settle_seconds: NonNegative = 1.0  # empty-queue time before the last instances stop
+    # Each tick reads EC2 and the queue; on the emulator a describe of 15 instances costs ~0.1 s
+    # of its single core, so ticking faster slows down the work itself.
+    scaler_tick: Positive = 0.5
+    # A running instance that starts no work for this long while work waits is stopped (its
+    # worker is presumed dead); on AWS booting takes longer.
+    stuck_after: Positive | None = None
+    ami_id: str = ""  # pin the worker image; default: this prefix's newest
+    instance_type: str = "t3.medium"
+    instance_profile: str = ""  # default: <prefix>-worker
+    security_group: str = ""
+    key_name: str = ""
+
+    @field_validator(
+        "match_threshold",
+        "visibility_timeout",
+        "sqs_wait_seconds",
+        "warm_pool",
+        "stuck_after",
+        "db_path",
+        "gallery_dir",
+        "gallery_labels",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _with_environment_defaults(self) -> FacesiteConfig:
+        local = self.is_local
+        defaults = {
+            "visibility_timeout": 10 if local else 60,
+            "sqs_wait_seconds": 1 if local else 10,
+            "stuck_after": 30.0 if local else 120.0,
+            "warm_pool": self.max_instances,
+            "db_path": self.var_dir / "db.sqlite3",
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """True when facesite talks to an emulator endpoint rather than real AWS."""
+        return bool(self.aws_endpoint)
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The endpoint for boto3: None means AWS's own."""
+        return self.aws_endpoint or None
+
+    @property
+    def emulator_credentials(self) -> tuple[str, str] | None:
+        """(key id, secret) for the emulator; None on AWS (boto3's own chain decides)."""
+        return (self.access_key_id, self.secret_access_key) if self.is_local else None
+
+    @property
+    def celery_broker_url(self) -> str:
+        """kombu has no endpoint option: on the emulator the URL's host and port are the
+        endpoint, and the credentials travel in it."""
+        if self.broker_url:
+            return self.broker_url
+        if not self.is_local:
+            return "sqs://"
+        host = self.aws_endpoint.split("://", 1)[-1].rstrip("/")
+        key, secret = (
+            quote(part, safe="") for part in (self.access_key_id, self.secret_access_key)
+        )
+        return f"sqs://{key}:{secret}@{host}"
+
+
+def _variable(config_class: type[BaseSettings], field: str) -> str:
+    info = config_class.model_fields.get(field)
+    alias = getattr(info, "validation_alias", None) if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"FACESITE_{field.upper()}"
+
+
+def load() -> FacesiteConfig:
+    """The configuration from the environment; ConfigError names each malformed variable."""
+    try:
+        return FacesiteConfig()
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors():
+            field = str(detail["loc"][0]) if detail["loc"] else ""
+            if field in FacesiteConfig.model_fields or not field:
+                name = _variable(FacesiteConfig, field) if field else "configuration"
+            else:
+                name = field  # an alias
+            problems.append(f"{name}={detail.get('input')!r}: {detail['msg']}")
+        raise ConfigError("; ".join(problems)) from None

@@ -1,0 +1,64 @@
+"""The two messages between the tiers: the task the web tier puts on the request queue, and
+the result a worker puts on the response queue.
+
+Shared by the producer and the consumer of each, so both sides agree on one definition. The
+task is sent by name: the web tier never imports the worker's code (which loads torch).
+"""
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+from facesite import aws
+from facesite.celery_app import app
+from recognition.lifecycle import Outcome
+
+RECOGNIZE_UPLOAD = "recognition.tasks.recognize_upload"
+
+
+def send_recognize_task(request_id: str, key: str, version: str, gallery_version: str) -> None:
+    """Queue the recognition of one stored upload; the request id is the task id. Metadata
+    only: with the bounded file name it fits the request queue's 1,024 bytes."""
+    app.send_task(RECOGNIZE_UPLOAD, args=(key, version, gallery_version), task_id=request_id)
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    outcome: Outcome
+    name: str = ""
+    distance: float | None = None
+    faces: int | None = None
+    error: str = ""  # one sentence for the client when the outcome is not RECOGNISED
+    request_id: str = ""
+    instance: str = ""  # the worker's EC2 instance id ("" for a worker started by hand)
+    started: float | None = None  # epoch seconds
+    finished: float | None = None
+
+    def stamped(self, **fields: object) -> "ResultMessage":
+        return replace(self, **fields)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ResultMessage":
+        """Raises ValueError (or TypeError) for a body that is not a result message."""
+        data = json.loads(text)
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        fields["outcome"] = Outcome(data.get("outcome"))
+        return cls(**fields)
+
+
+def recognised(name: str, distance: float | None, faces: int) -> ResultMessage:
+    # An empty gallery gives an infinite distance, which JSON cannot carry.
+    finite = distance if distance is not None and distance != float("inf") else None
+    return ResultMessage(Outcome.RECOGNISED, name=name, distance=finite, faces=faces)
+
+
+def refused(outcome: Outcome, error: str, faces: int | None = None) -> ResultMessage:
+    return ResultMessage(outcome, error=error, faces=faces)
+
+
+def send(result: ResultMessage) -> None:
+    aws.client("sqs").send_message(
+        QueueUrl=aws.names().response_queue_url, MessageBody=result.to_json()
+    )

@@ -38,10 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) bench/engine.py
-	$(PY) bench/pipeline.py
-	$(PY) bench/scaling.py
-	$(PY) bench/emulator.py
+	$(PY) -m bench.engine
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.scaling
+	$(PY) -m bench.emulator
 
 clean:
 	rm -rf $(VENV) var

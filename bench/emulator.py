@@ -1,6 +1,6 @@
 """What the emulator's speed-ups (ami/local/emulator.py) save, per SQS call, in moto's own code.
 
-    .venv/bin/python bench/emulator.py [--depth 1000]
+    .venv/bin/python -m bench.emulator [--depth 1000]
 
 Prints the milliseconds one send, one receive and one attribute read cost moto's SQS backend
 in this process, with an empty-ish queue and with `--depth` messages waiting, first as moto
@@ -10,12 +10,8 @@ serialisation), and the emulator serves every process of the stack from one inte
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import moto.sqs.models  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Face engine benchmark: model load time, single-process throughput and latency, peak memory.
 
-    .venv/bin/python bench/engine.py [--threads N] [--course-limit N]
+    .venv/bin/python -m bench.engine [--threads N] [--course-limit N]
 
 Load time is measured in fresh subprocesses, from interpreter start to a loaded engine
 (imports, Django setup and weights included). Throughput runs the full pipeline a worker runs
@@ -94,7 +94,6 @@ def main() -> None:
     parser.add_argument("--load-runs", type=int, default=3, help="fresh processes to time")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
     if args.threads:
         os.environ["FACESITE_ENGINE_THREADS"] = str(args.threads)

@@ -1,6 +1,6 @@
 """Pipeline overhead and throughput against real processes (moto, Celery workers, gunicorn).
 
-    .venv/bin/python bench/pipeline.py [--requests 300] [--clients 16]
+    .venv/bin/python -m bench.pipeline [--requests 300] [--clients 16]
 
 Prints:
 - engine-only latency p50 on the course images (in this process, same engine as the workers),
@@ -12,13 +12,10 @@ Prints:
 import argparse
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
 
 import django  # noqa: E402
@@ -26,10 +23,16 @@ import numpy as np  # noqa: E402
 
 django.setup()
 
-from ami.local.harness import scratch_stack, upload, wait_until  # noqa: E402
+from ami.local.harness import (  # noqa: E402
+    COURSE_DIR,
+    course_labels,
+    make_course_gallery,
+    scratch_stack,
+    upload,
+    wait_until,
+)
 from recognition.engine import get_engine  # noqa: E402
 from recognition.gallery.matching import Gallery  # noqa: E402
-from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -1,6 +1,6 @@
 """Elasticity: 100 and 1,000 concurrent uploads (every one at once) from zero instances.
 
-    .venv/bin/python bench/scaling.py [--workloads 100 1000]
+    .venv/bin/python -m bench.scaling [--workloads 100 1000]
 
 Starts its own moto server, web tier (gunicorn, 2 processes), autoscaler and local instance
 runner (the same processes `make run` starts), samples queue depths and app-tier instances every
@@ -11,23 +11,28 @@ PNG under bench/out/.
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_DIR))
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ami.local.harness import FleetSampler, Sample, Stack, scratch_stack, upload, wait_until  # noqa: E402
-from tests.conftest import COURSE_DIR, course_labels, make_course_gallery  # noqa: E402
+from ami.local.harness import (  # noqa: E402
+    COURSE_DIR,
+    FleetSampler,
+    Sample,
+    Stack,
+    course_labels,
+    make_course_gallery,
+    scratch_stack,
+    upload,
+    wait_until,
+)
 
-OUT_DIR = REPO_DIR / "bench" / "out"
+OUT_DIR = Path(__file__).resolve().parent / "out"
 WORKLOADS = {"100": "face_images_100", "1000": "face_images_1000"}
 
 

@@ -86,7 +86,7 @@ class FacesiteConfig(BaseSettings):
     visibility_timeout: int | None = Field(None, ge=1, le=43200)
     max_receives: int = Field(5, ge=1)  # deliveries before a message goes to the DLQ
     # Long polls are short locally: moto keeps serving a poll whose client was killed, holding
-    # the next message in flight (../shared/notes/aws-local.md).
+    # the next message in flight for the whole visibility timeout.
     sqs_wait_seconds: int | None = Field(None, ge=0, le=20)
     broker_url: str = Field("", validation_alias=_alias("CELERY_BROKER_URL"))
     # Only used on the emulator, which accepts any: real AWS takes boto3's credential chain.
@@ -120,8 +120,8 @@ class FacesiteConfig(BaseSettings):
     requests_per_instance: int = Field(1, ge=1)
     warm_pool: int | None = Field(None, ge=0)  # stopped instances kept ready; default = max
     settle_seconds: NonNegative = 1.0  # empty-queue time before the last instances stop
-    # Each tick reads EC2 and the queue; on the emulator a describe of 15 instances costs ~0.1 s
-    # of its single core, so ticking faster slows down the work itself.
+    # Each tick reads EC2 and the queue; on the emulator a describe costs its single core a
+    # noticeable share, so ticking faster slows down the work itself.
     scaler_tick: Positive = 0.5
     # A running instance that starts no work for this long while work waits is stopped (its
     # worker is presumed dead); on AWS booting takes longer.

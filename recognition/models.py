@@ -55,10 +55,6 @@ class UploadRequest(models.Model):
     def __str__(self) -> str:
         return f"{self.file_name} ({self.status})"
 
-    @property
-    def is_final(self) -> bool:
-        return self.status in self.FINAL_STATUSES
-
 
 class Identity(models.Model):
     """A person in the gallery; the label is the enrolment folder's name."""

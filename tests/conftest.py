@@ -1,17 +1,15 @@
 """Fixtures shared by every test area: dataset paths and one face-engine load per session."""
 
-import csv
-import shutil
 from pathlib import Path
 
 import pytest
 
-from ami.local.harness import MotoServer
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-DATASETS_DIR = REPO_DIR.parent / "shared" / "datasets"
-COURSE_DIR = DATASETS_DIR / "course"
-FIVE_CELEBRITY_DIR = DATASETS_DIR / "five_celebrity"
+from ami.local.harness import (
+    COURSE_DIR,
+    FIVE_CELEBRITY_DIR,
+    MotoServer,
+    make_course_gallery,
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,23 +32,6 @@ def engine():
     from recognition.engine import get_engine
 
     return get_engine()
-
-
-def course_labels(course_dir: Path, set_name: str) -> dict[str, str]:
-    """Image stem -> label, from the course's labels_<set>.csv."""
-    with open(course_dir / f"labels_{set_name}.csv", newline="") as labels:
-        return {row["Image"]: row["Results"] for row in csv.DictReader(labels)}
-
-
-def make_course_gallery(course_dir: Path, gallery: Path) -> Path:
-    """The ten distinct course photos (test_00..test_09), one folder per label, for `enroll`."""
-    labels = course_labels(course_dir, "100")
-    for index in range(10):
-        stem = f"test_{index:02d}"
-        folder = gallery / labels[stem]
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(course_dir / "face_images_100" / f"{stem}.jpg", folder)
-    return gallery
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """The local AWS emulator: moto's server, with three of its per-request costs taken out.
 
 Every S3, SQS and EC2 call of the local stack is served by this one Python process, so its
-cost per call bounds the whole system's throughput. Measured on moto 5.2 (see bench/emulator.py):
+cost per call bounds the whole system's throughput (`python -m bench.emulator` measures it):
 
-- Its SQS reads the clock through datetime arithmetic (~20 µs a call) once or twice for every
-  message a queue holds, on every send, receive and attribute read, and a receive reads the
-  queue's attributes once per message it returns. With 1,000 uploads waiting that is ~90 ms per
-  send and ~340 ms per receive: the emulator, not the workers, set the pace, and each worker
-  waiting on it made it slower still. The same epoch time from `time.time()` costs ~1 µs.
+- moto's SQS reads the clock through datetime arithmetic once or twice for every message a
+  queue holds, on every send, receive and attribute read, and a receive reads the queue's
+  attributes once per message it returns: with many uploads waiting the emulator, not the
+  workers, set the pace. The same epoch time from `time.time()` is an order of magnitude
+  cheaper.
 - Every request lists moto's package directory (a `stat` per service) to route itself; the
   directory does not change while the server runs, so it is listed once.
 - Every request is logged by werkzeug; the access log is left out.

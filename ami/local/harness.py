@@ -9,7 +9,9 @@ Every stack gets its own prefix, database and log directory, so tests never touc
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -34,6 +36,10 @@ from facesite.aws.names import Names, Role
 from facesite.config import BASE_DIR
 
 REPO_DIR = BASE_DIR
+# The labelled photos tests and benchmarks use: ../shared/datasets beside the clone.
+DATASETS_DIR = REPO_DIR.parent / "shared" / "datasets"
+COURSE_DIR = DATASETS_DIR / "course"
+FIVE_CELEBRITY_DIR = DATASETS_DIR / "five_celebrity"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -286,3 +292,20 @@ def scratch_stack(**settings: str) -> Iterator[tuple[Stack, Path]]:
         finally:
             stack.stop_all()
             moto.stop()
+
+
+def course_labels(course_dir: Path, set_name: str) -> dict[str, str]:
+    """Image stem -> label, from the course's labels_<set>.csv."""
+    with open(course_dir / f"labels_{set_name}.csv", newline="") as labels:
+        return {row["Image"]: row["Results"] for row in csv.DictReader(labels)}
+
+
+def make_course_gallery(course_dir: Path, gallery: Path) -> Path:
+    """The ten distinct course photos (test_00..test_09), one folder per label, for `enroll`."""
+    labels = course_labels(course_dir, "100")
+    for index in range(10):
+        stem = f"test_{index:02d}"
+        folder = gallery / labels[stem]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(course_dir / "face_images_100" / f"{stem}.jpg", folder)
+    return gallery

@@ -54,8 +54,8 @@ from facesite.aws.names import Role, State, app_tier_number
 
 logger = logging.getLogger(__name__)
 
-# A describe of 15 instances costs the emulator ~0.1 s of its one core: twice a second is enough
-# to boot a worker well within 3 s of its instance starting.
+# Each describe costs the emulator's single core a noticeable share: twice a second is enough to
+# boot a worker well within 3 s of its instance starting.
 DEFAULT_INTERVAL = 0.5
 # Longer than any task, so a warm shutdown is never cut short in practice.
 DEFAULT_STOP_GRACE = 30.0

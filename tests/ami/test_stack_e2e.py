@@ -17,8 +17,7 @@ import psutil
 import pytest
 import requests
 
-from ami.local.harness import REPO_DIR, free_port, wait_until
-from tests.conftest import course_labels
+from ami.local.harness import REPO_DIR, course_labels, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

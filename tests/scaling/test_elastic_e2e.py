@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ami.local.harness import FleetSampler, Stack, upload, wait_until
-from tests.conftest import course_labels
+from ami.local.harness import FleetSampler, Stack, course_labels, upload, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from ami.local.harness import Stack, upload, wait_until
-from tests.conftest import course_labels
+from ami.local.harness import Stack, course_labels, upload, wait_until
 
 pytestmark = pytest.mark.e2e
 

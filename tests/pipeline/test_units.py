@@ -5,6 +5,7 @@ import threading
 import uuid
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from django.utils import timezone
 
 from recognition.lifecycle import Outcome, reply_for
@@ -178,3 +179,15 @@ def test_task_request_id_reads_only_recognition_tasks():
     for body in ["garbage", "[1]", '{"a": 1}', json.dumps(other_task), '{"headers": {"id": 1}}']:
         with pytest.raises(ValueError):
             task_request_id(body)
+
+
+def test_health_check_names_no_internals(monkeypatch, client):
+    class UnreachableAWS:
+        def head_bucket(self, **_: object) -> None:
+            raise EndpointConnectionError(endpoint_url="http://10.1.2.3:5000/facesite-in-bucket")
+
+    monkeypatch.setattr("recognition.web.views.consumers_alive", lambda: True)
+    monkeypatch.setattr("recognition.web.views.aws.client", lambda service: UnreachableAWS())
+    reply = client.get("/healthz")
+    assert reply.status_code == 503
+    assert reply.content.decode() == "Storage or queues are not reachable or not provisioned."

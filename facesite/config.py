@@ -74,6 +74,9 @@ class FacesiteConfig(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger uploads get 413
     reply_timeout: Positive = 300.0  # seconds an upload waits for its result before 504
     response_consumers: int = Field(2, ge=0)  # response-queue consumer threads per web process
+    # Threads per web process that read the request queue's dead-letter queue and answer the
+    # requests whose task no worker could complete.
+    dead_letter_consumers: int = Field(1, ge=0)
     # Address of each web process's wake socket (a web machine's private address when several
     # machines serve), and how often each process looks in the database for its completed
     # requests in case a wake datagram was lost.
@@ -110,6 +113,9 @@ class FacesiteConfig(BaseSettings):
     detect_max_side: int = Field(1280, ge=64)  # detection runs on a copy this size at most
 
     # --- workers ---------------------------------------------------------------------------------
+    # Tries at storing the output and at sending the result before a worker gives the message
+    # back to SQS (redelivered, then dead-lettered after max_receives deliveries).
+    delivery_attempts: int = Field(3, ge=1)
     # An idle worker checks whether the queue is empty (to stop its own instance) this often,
     # once it has been idle this long.
     self_stop_interval: Positive = 0.25

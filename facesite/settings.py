@@ -149,6 +149,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Deletes request-queue messages that are not tasks it can run, instead of leaving them to come
+# back until they are dead-lettered (see recognition/worker/consumer.py).
+CELERY_WORKER_CONSUMER = "recognition.worker.consumer:PoisonDroppingConsumer"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # SQS has no broadcast: no remote control, events, gossip or mingle.
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False

@@ -3,6 +3,9 @@ status each outcome leads to, and the HTTP reply a waiting client gets from its 
 
     received -> stored (image in S3) -> queued (task sent) -> done | no_face | failed
                                                         \\-> (no result in time: 504, row stays)
+
+A failure that is our fault (5xx) is answered with one fixed sentence naming the request; what
+went wrong is in the row's `error` for the admin, never in the reply.
 """
 
 from __future__ import annotations
@@ -72,7 +75,17 @@ def reply_for(row: UploadRequest) -> Reply:
     if row.status == Status.NO_FACE:
         return Reply(422, f"No face was found in {row.file_name}.", request_id)
     if row.status == Status.FAILED:
-        return Reply(row.result_status or 500, row.error or "Recognition failed.", request_id)
+        status = row.result_status or http_status(Outcome.FAILED)
+        if status < 500:
+            # The upload's fault: the row's error is the sentence written for the client.
+            return Reply(status, row.error, request_id)
+        # Our fault: the row's error holds the details for the admin, never for the client.
+        return Reply(
+            status,
+            f"{row.file_name} could not be recognised because of a fault on our side; "
+            f"it is recorded as request {request_id}.",
+            request_id,
+        )
     return Reply(
         STILL_WAITING_STATUS,
         f"{row.file_name} is still being recognised (request {request_id}); "

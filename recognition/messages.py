@@ -6,6 +6,7 @@ task is sent by name: the web tier never imports the worker's code (which loads 
 """
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, replace
 
 from facesite import aws
@@ -21,13 +22,27 @@ def send_recognize_task(request_id: str, key: str, version: str, gallery_version
     app.send_task(RECOGNIZE_UPLOAD, args=(key, version, gallery_version), task_id=request_id)
 
 
+def task_request_id(body: str) -> str:
+    """The request id of a recognition task as SQS carries it (kombu's JSON envelope, whose
+    headers name the task and its id); ValueError for any other body."""
+    try:
+        headers = json.loads(body)["headers"]
+        if headers["task"] != RECOGNIZE_UPLOAD:
+            raise ValueError(f"not a recognition task: {headers['task']!r}")
+        return str(uuid.UUID(str(headers["id"])))  # request ids are the history rows' keys
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"not a task message: {error!r}") from error
+
+
 @dataclass(frozen=True)
 class ResultMessage:
     outcome: Outcome
     name: str = ""
     distance: float | None = None
     faces: int | None = None
-    error: str = ""  # one sentence for the client when the outcome is not RECOGNISED
+    # When the outcome is the upload's fault: one sentence for the client. When it is ours
+    # (FAILED): what went wrong, for the history row and the admin only.
+    error: str = ""
     request_id: str = ""
     instance: str = ""  # the worker's EC2 instance id ("" for a worker started by hand)
     started: float | None = None  # epoch seconds

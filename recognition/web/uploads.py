@@ -22,7 +22,7 @@ from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
 from recognition.messages import send_recognize_task
-from recognition.models import UploadRequest
+from recognition.models import UploadRequest, file_stem
 from recognition.web.responses import reply_address, waiters
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,16 @@ def clean_file_name(raw: str) -> str:
     name = posixpath.basename(raw.replace("\\", "/")).strip()
     if not name or name in {".", ".."}:
         raise UploadRefused(400, "The uploaded file has no name.")
-    if any(ord(char) < 32 for char in name):
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
         raise UploadRefused(400, "The file name contains control characters.")
+    # The stem is the output bucket's key and the reply's first part: S3 has no empty key, and
+    # "." or ".." are not keys its path-style addresses can carry.
+    if file_stem(name).strip() in {"", ".", ".."}:
+        raise UploadRefused(400, "The file name needs a name before its extension.")
+    try:
+        name.encode("utf-8")  # S3 keys are UTF-8; a lone surrogate has no encoding
+    except UnicodeEncodeError as error:
+        raise UploadRefused(400, "The file name is not valid text.") from error
     if len(json.dumps(json.dumps(name))) > MAX_FILE_NAME_WIRE_BYTES:
         raise UploadRefused(400, "The file name is too long.")
     return name

@@ -70,6 +70,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
             QueueUrl=aws.names().request_queue_url, AttributeNames=["QueueArn"]
         )
     except Exception as error:
+        # The error names endpoints, buckets and accounts: the log's, not an anonymous client's.
         logger.warning("health check failed: %s", error)
-        return plain(f"AWS is not reachable or not provisioned: {error}", 503)
+        return plain("Storage or queues are not reachable or not provisioned.", 503)
     return plain("ok")

@@ -13,12 +13,39 @@ from facesite.celery_app import app
 from recognition.lifecycle import Outcome
 
 RECOGNIZE_UPLOAD = "recognition.tasks.recognize_upload"
+# The service API's tasks (recognition/worker/api_tasks.py). Their S3 keys are "api/<request
+# id>[-2]", unique per request, so no object version travels.
+API_RECOGNIZE = "recognition.tasks.api_recognize"
+API_DETECT = "recognition.tasks.api_detect"
+API_VERIFY = "recognition.tasks.api_verify"
+API_EMBED = "recognition.tasks.api_embed"
 
 
 def send_recognize_task(request_id: str, key: str, version: str, gallery_version: str) -> None:
     """Queue the recognition of one stored upload; the request id is the task id. Metadata
     only: with the bounded file name it fits the request queue's 1,024 bytes."""
     app.send_task(RECOGNIZE_UPLOAD, args=(key, version, gallery_version), task_id=request_id)
+
+
+def send_api_recognize(request_id: str, key: str, gallery_version: str, top_k: int) -> None:
+    app.send_task(API_RECOGNIZE, args=(key, gallery_version, top_k), task_id=request_id)
+
+
+def send_api_detect(request_id: str, key: str) -> None:
+    app.send_task(API_DETECT, args=(key,), task_id=request_id)
+
+
+def send_api_verify(
+    request_id: str, key: str, other_key: str, subject: str, gallery_version: str
+) -> None:
+    """Verify the face in ``key`` against the one in ``other_key`` or, when that is "", against
+    ``subject`` in the named gallery. The subject name is bounded by the API
+    (recognition.api.gallery.MAX_SUBJECT_WIRE_BYTES) so the message fits 1,024 bytes."""
+    app.send_task(API_VERIFY, args=(key, other_key, subject, gallery_version), task_id=request_id)
+
+
+def send_api_embed(request_id: str, key: str) -> None:
+    app.send_task(API_EMBED, args=(key,), task_id=request_id)
 
 
 @dataclass(frozen=True)
@@ -32,6 +59,8 @@ class ResultMessage:
     instance: str = ""  # the worker's EC2 instance id ("" for a worker started by hand)
     started: float | None = None  # epoch seconds
     finished: float | None = None
+    # An API task's whole JSON result (the response queue takes 256 KiB; a result is a few KiB).
+    payload: dict | None = None
 
     def stamped(self, **fields: object) -> "ResultMessage":
         return replace(self, **fields)

@@ -176,3 +176,20 @@ def test_the_schema_needs_no_key_and_the_docs_page_loads_nothing_from_elsewhere(
     html = page.content.decode()
     assert "/api/v1/openapi.json" in html and "//cdn" not in html and "https://" not in html
     assert client.get("/static/ninja/swagger-ui-bundle.js").status_code == 200
+
+
+def test_the_admin_lists_keys_with_their_last_use_and_revokes_them(admin_client, client):
+    secret = key("recognize")
+    client.get("/api/v1/subjects", **bearer(secret))
+    row = ApiKey.objects.get()
+    listing = admin_client.get("/admin/apikeys/apikey/")
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    assert row.prefix in html and "active" in html and secret not in html
+    assert row.last_used_at is not None
+    revoked = admin_client.post(
+        "/admin/apikeys/apikey/", {"action": "revoke", "_selected_action": [row.pk]}
+    )
+    assert revoked.status_code == 302
+    assert_error(client.get("/api/v1/subjects", **bearer(secret)), 401, "unauthorized")
+    assert admin_client.get("/admin/apikeys/apikey/add/").status_code == 403

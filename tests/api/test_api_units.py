@@ -1,9 +1,13 @@
 """The API's web-tier rules without the pipeline: keys, scopes, the rate limit, the error shape
 for every kind of refusal, subjects' bookkeeping, the schema and docs page."""
 
+import subprocess
+import sys
+
 import pytest
 from django.core.management import call_command
 
+from ami.local.harness import REPO_DIR
 from apikeys.keys import create_key, find_key, hash_key, record_use
 from apikeys.models import ApiKey
 from recognition.api import gallery
@@ -193,3 +197,16 @@ def test_the_admin_lists_keys_with_their_last_use_and_revokes_them(admin_client,
     assert revoked.status_code == 302
     assert_error(client.get("/api/v1/subjects", **bearer(secret)), 401, "unauthorized")
     assert admin_client.get("/admin/apikeys/apikey/add/").status_code == 403
+
+
+def test_the_web_tier_api_loads_no_torch():
+    code = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', "
+        "'facesite.settings'); django.setup(); from django.urls import get_resolver; "
+        "[get_resolver().resolve(p) for p in ('/api/v1/recognize', '/api/docs', '/')]; "
+        "import recognition.api.gallery, recognition.api.calls; print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_DIR, timeout=60
+    )
+    assert result.stdout.strip() == "False", result.stderr

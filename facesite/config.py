@@ -83,6 +83,19 @@ class FacesiteConfig(BaseSettings):
     wake_host: str = "127.0.0.1"
     sweep_interval: Positive = 1.0
 
+    # --- service API (/api/v1/) ------------------------------------------------------------------
+    # Calls per API key per minute (a fixed window counted in the database, so every gunicorn
+    # process and thread shares it); a key may carry its own limit. Generous: it stops a runaway
+    # client, not normal use.
+    api_rate_limit: int = Field(600, ge=1)
+    # Images one `POST /api/v1/subjects/<name>/examples` call may carry; each is one task.
+    api_max_images: int = Field(20, ge=1)
+    # The most candidates per face a recognise call may ask for (`top_k`).
+    api_max_top_k: int = Field(10, ge=1)
+    # A key the page at `/` uses to call the API (it is visible to anyone who can load the page:
+    # give it the recognize scope only). Empty: the page needs a staff session.
+    page_api_key: str = ""
+
     # --- queues ----------------------------------------------------------------------------------
     # A task takes well under a second; the timeout covers a large photo on a loaded instance.
     # Short locally, so a message held by a killed worker comes back quickly.

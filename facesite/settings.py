@@ -37,6 +37,9 @@ INSTALLED_APPS = [
     "recognition",
     "scaler",
     "ami",
+    "apikeys",
+    # django-ninja serves /api/v1/; listed so its docs page uses its bundled (local) assets.
+    "ninja",
 ]
 
 MIDDLEWARE = [
@@ -47,6 +50,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Every 4xx/5xx under /api/v1/ is a JSON error, including Django's own 404 and 500.
+    "recognition.api.middleware.json_errors",
 ]
 
 ROOT_URLCONF = "facesite.urls"
@@ -142,7 +147,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # kombu would base64 the task body inside that JSON as well: plain JSON is a third smaller.
     "body_encoding": None,
 }
-CELERY_IMPORTS = ("recognition.worker.tasks",)
+CELERY_IMPORTS = ("recognition.worker.tasks", "recognition.worker.api_tasks")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = _NAMES.request_queue
 CELERY_TASK_ACKS_LATE = True

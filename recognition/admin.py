@@ -10,6 +10,7 @@ from recognition.models import FaceSample, GallerySnapshot, Identity, UploadRequ
 class UploadRequestAdmin(ReadOnlyAdmin):
     list_display = (
         "file_name",
+        "kind",
         "status",
         "name",
         "distance",
@@ -18,11 +19,27 @@ class UploadRequestAdmin(ReadOnlyAdmin):
         "received_at",
         "total_ms",
     )
-    list_filter = ("status", "reply_status", "result_status", "worker_instance_id")
+    list_filter = ("kind", "status", "reply_status", "result_status", "worker_instance_id")
     search_fields = ("id", "file_name", "name", "error")
     date_hierarchy = "received_at"
     fieldsets = (
-        (None, {"fields": ("id", "file_name", "status", "name", "distance", "faces", "error")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "file_name",
+                    "kind",
+                    "status",
+                    "outcome",
+                    "name",
+                    "distance",
+                    "faces",
+                    "error",
+                    "result",
+                )
+            },
+        ),
         (
             "Stages",
             {

@@ -80,6 +80,8 @@ def record_result(result: ResultMessage) -> bool:
             faces=result.faces,
             result_status=lifecycle.http_status(result.outcome),
             error=result.error,
+            outcome=result.outcome,
+            result=result.payload,
             worker_instance_id=result.instance,
             started_at=_timestamp(result.started),
             finished_at=_timestamp(result.finished),

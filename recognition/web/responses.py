@@ -119,7 +119,15 @@ class ResponseConsumer(threading.Thread):
             except (ValueError, TypeError):
                 logger.error("response consumer: dropping malformed message %r", message["Body"])
             else:
-                record_result(result)
+                recorded = record_result(result)
+                logger.info(
+                    "request %s result %s from %s%s",
+                    result.request_id,
+                    result.outcome,
+                    result.instance or "a worker",
+                    "" if recorded else " (a redelivery: already recorded)",
+                    extra={"request_id": result.request_id},
+                )
                 if not waiters.wake(result.request_id):
                     waiting_elsewhere.append(result.request_id)
             done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})

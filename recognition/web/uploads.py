@@ -22,6 +22,7 @@ from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
 from recognition.messages import send_recognize_task
+from recognition.metrics import observe_stages
 from recognition.models import UploadRequest
 from recognition.web.responses import reply_address, waiters
 
@@ -112,9 +113,9 @@ def handle_upload(file_name: str, data: bytes) -> Reply:
 
     row.refresh_from_db()
     reply = reply_for(row)
-    UploadRequest.objects.filter(pk=row.pk).update(
-        replied_at=timezone.now(), reply_status=reply.status
-    )
+    replied_at = timezone.now()
+    UploadRequest.objects.filter(pk=row.pk).update(replied_at=replied_at, reply_status=reply.status)
+    observe_stages(row, replied_at)
     return reply
 
 

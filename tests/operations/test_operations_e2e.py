@@ -175,6 +175,7 @@ def test_dashboard_follows_a_burst_up_and_down(elastic, course_dir):
 
         wait_until(lambda: running() == 0, 90, "the dashboard showing the fleet back at zero")
         time.sleep(2.5)  # one more poll, so the charts and tables include the scale-in
+        browser.set_window_size(1280, 1700)  # the tables below the charts too
         browser.save_screenshot(str(SCREENSHOTS / "dashboard-after.png"))
         # Nothing reloaded the page: the same navigation, updated by polling.
         assert browser.execute_script("return performance.getEntriesByType('navigation')") == (

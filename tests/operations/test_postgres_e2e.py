@@ -10,7 +10,8 @@ import requests
 from ami.local.harness import Stack, course_labels, upload, wait_until
 from ami.local.postgres import PostgresCluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# About 80 s on 2 cores (half of it starting the stack): it runs with the rest in make test.
+pytestmark = pytest.mark.e2e
 
 PER_TIER = 50
 

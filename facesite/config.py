@@ -11,6 +11,7 @@ Pure pydantic, no Django: gunicorn's configuration and the local stack's supervi
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -51,6 +52,16 @@ class FacesiteConfig(BaseSettings):
     var_dir: Path = BASE_DIR / "var"  # runtime files: SQLite database, logs
     db_path: Path | None = None  # default: <var_dir>/db.sqlite3
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per log line (time, level, logger, process, message, request_id)
+    # for a log shipper; "plain": the readable default.
+    log_format: Literal["plain", "json"] = "plain"
+    # PostgreSQL shared by several web machines, e.g. postgres://user:pass@host:5432/facesite
+    # (query parameters such as sslmode=require become connection options); unset = SQLite at
+    # db_path, for one machine.
+    database_url: str = Field("", pattern=r"^(|postgres(ql)?://.+)$")
+    # Connections each process keeps in its PostgreSQL pool: with many web threads the pool,
+    # not the thread count, bounds the connections a web machine opens.
+    database_pool_size: int = Field(20, ge=1)
 
     # --- Django ----------------------------------------------------------------------------------
     secret_key: str = Field(
@@ -95,6 +106,19 @@ class FacesiteConfig(BaseSettings):
     # A key the page at `/` uses to call the API (it is visible to anyone who can load the page:
     # give it the recognize scope only). Empty: the page needs a staff session.
     page_api_key: str = ""
+    # --- operations: /metrics, /dashboard/ ----------------------------------------------------
+    # Who may scrape /metrics: comma-separated networks (CIDR) matched against the client's
+    # address. Default: anyone on the emulator; only this machine on AWS.
+    metrics_allowed_networks: str | None = None
+    # When set, /metrics also needs "Authorization: Bearer <token>".
+    metrics_token: str = ""
+    # gunicorn's processes share their counters through files here (one sub-folder per bind
+    # address, emptied when that gunicorn starts); default: <var_dir>/prometheus.
+    metrics_dir: Path | None = None
+    # The scaler records what it observed (instances by state, queue depths) this often, for
+    # /metrics and the dashboard, and keeps that long of it.
+    observation_interval: Positive = 2.0
+    observation_keep_seconds: Positive = 3600.0
 
     # --- queues ----------------------------------------------------------------------------------
     # A task takes well under a second; the timeout covers a large photo on a loaded instance.
@@ -158,6 +182,8 @@ class FacesiteConfig(BaseSettings):
         "warm_pool",
         "stuck_after",
         "db_path",
+        "metrics_dir",
+        "metrics_allowed_networks",
         "gallery_dir",
         "gallery_labels",
         mode="before",
@@ -165,6 +191,15 @@ class FacesiteConfig(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("metrics_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        if value is not None:
+            for network in value.split(","):
+                if network.strip():
+                    ipaddress.ip_network(network.strip(), strict=False)  # ValueError: refused
+        return value
 
     @model_validator(mode="after")
     def _with_environment_defaults(self) -> FacesiteConfig:
@@ -175,11 +210,22 @@ class FacesiteConfig(BaseSettings):
             "stuck_after": 30.0 if local else 120.0,
             "warm_pool": self.max_instances,
             "db_path": self.var_dir / "db.sqlite3",
+            "metrics_dir": self.var_dir / "prometheus",
+            "metrics_allowed_networks": "0.0.0.0/0,::/0" if local else "127.0.0.1/32,::1/128",
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         return self
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks /metrics answers to."""
+        return tuple(
+            ipaddress.ip_network(network.strip(), strict=False)
+            for network in (self.metrics_allowed_networks or "").split(",")
+            if network.strip()
+        )
 
     @property
     def is_local(self) -> bool:

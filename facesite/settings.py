@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from facesite import config
 from facesite.aws.names import Names
+from facesite.database import database
 
 try:
     CONFIG = config.load()
@@ -40,9 +41,12 @@ INSTALLED_APPS = [
     "apikeys",
     # django-ninja serves /api/v1/; listed so its docs page uses its bundled (local) assets.
     "ninja",
+    "operations",
 ]
 
 MIDDLEWARE = [
+    # First, so that its count, duration and log line cover every other middleware's answer.
+    "facesite.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -75,19 +79,9 @@ TEMPLATES = [
 # Runtime files (SQLite database, logs, pid files) live under var/, which git ignores.
 VAR_DIR = CONFIG.var_dir
 
+# SQLite under var/ unless FACESITE_DATABASE_URL names a PostgreSQL server (facesite/database.py).
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(CONFIG.db_path),
-        # Many web threads, the response consumers and the scaler write concurrently: WAL lets
-        # readers run beside the writer, IMMEDIATE takes the write lock up front (no upgrade
-        # deadlocks), and the timeout makes writers queue instead of failing.
-        "OPTIONS": {
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
-        },
-    }
+    "default": database(CONFIG.database_url, CONFIG.db_path, CONFIG.database_pool_size),
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -107,8 +101,17 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"},
+        "json": {"()": "facesite.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Gives each record the request id it concerns, when one is known (facesite/logs.py).
+    "filters": {"request_id": {"()": "facesite.logs.RequestIdFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": CONFIG.log_format,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": CONFIG.log_level},
     "loggers": {
         "botocore": {"level": "WARNING"},

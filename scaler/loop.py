@@ -100,6 +100,7 @@ class ScalerLoop:
         tick_seconds: float,
         clock: Callable[[], float] = time.time,
         stopping: threading.Event | None = None,
+        observer: Callable[[Observation], object] | None = None,
     ) -> None:
         self.fleet = fleet
         self.config = config
@@ -109,6 +110,8 @@ class ScalerLoop:
         self.memory = PolicyMemory()
         self.outcomes: tuple[Outcome, ...] = ()
         self.stopping = stopping or threading.Event()
+        # Told every tick's observation (scaler.observations records it for /metrics).
+        self.observer = observer
         self._errors: dict[str, str] = {}  # what failed -> its last error, to record it once
         self._rows: dict[str, FleetInstance] | None = None  # FleetInstance rows as written
 
@@ -138,6 +141,8 @@ class ScalerLoop:
         work = self._attempt("read the request history", lambda: last_work_at(running, since), now)
         visible, in_flight = depth if depth is not None else (None, None)
         observation = Observation(now, visible, in_flight, instances, work, self.outcomes)
+        if self.observer is not None:
+            self._attempt("record the observation", lambda: self.observer(observation), now)
 
         decision = decide(observation, self.config, self.memory)
         self.memory = decision.memory

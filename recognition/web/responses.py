@@ -169,7 +169,15 @@ class ResponseConsumer(QueueConsumer):
         except (ValueError, TypeError):
             logger.error("response consumer: dropping malformed message %r", body)
             return None
-        record_result(result)
+        recorded = record_result(result)
+        logger.info(
+            "request %s result %s from %s%s",
+            result.request_id,
+            result.outcome,
+            result.instance or "a worker",
+            "" if recorded else " (a redelivery: already recorded)",
+            extra={"request_id": result.request_id},
+        )
         return result.request_id
 
 

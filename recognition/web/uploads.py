@@ -25,6 +25,7 @@ from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
 from recognition.messages import send_recognize_task
+from recognition.metrics import observe_stages
 from recognition.models import UploadRequest, file_stem
 from recognition.web.responses import reply_address, waiters
 
@@ -159,9 +160,11 @@ def run_request(
 
     row.refresh_from_db()
     answer = reply(row)
+    replied_at = timezone.now()
     UploadRequest.objects.filter(pk=row.pk).update(
-        replied_at=timezone.now(), reply_status=answer.status
+        replied_at=replied_at, reply_status=answer.status
     )
+    observe_stages(row, replied_at)
     return answer
 
 

@@ -50,7 +50,10 @@ class Engine:
         self.detector = detector
         self.embedder = embedder
         self.embedder_name: str = embedder.name
-        self.threshold: float = embedder.default_threshold if threshold is None else threshold
+        # None: every answer uses the gallery's own calibrated operating point (the open-set
+        # rule of recognition.gallery). A number: the older rule, nearest example within this
+        # distance, for an operator who sets FACESITE_MATCH_THRESHOLD on purpose.
+        self.threshold: float | None = threshold
         self.top_k: int = top_k
         self.max_pixels: int = max_pixels
 
@@ -89,11 +92,12 @@ class Engine:
         matched = time.perf_counter()
         results: list[FaceResult] = []
         if faces:
-            matches = gallery.match(
-                np.stack([face.embedding for face in faces]),
-                self.threshold,
-                self.top_k if top_k is None else top_k,
-            )
+            embeddings = np.stack([face.embedding for face in faces])
+            k = self.top_k if top_k is None else top_k
+            if self.threshold is None:
+                matches = gallery.identify(embeddings, k)
+            else:
+                matches = gallery.match(embeddings, self.threshold, k)
             results = [FaceResult(face, match) for face, match in zip(faces, matches, strict=True)]
         timings["match"] = time.perf_counter() - matched
         timings["total"] = time.perf_counter() - started
@@ -153,7 +157,8 @@ def load_engine(
     threads: int = 0,
 ) -> Engine:
     """Build a new engine (models loaded now). ``embedder`` is a FACESITE_EMBEDDER value;
-    ``threshold`` None means the embedder's default; ``threads`` > 0 sets torch's intra-op
+    ``threshold`` None means the gallery's calibrated open-set rule, a number the nearest
+    example within that distance; ``threads`` > 0 sets torch's intra-op
     thread count for the whole process (torch has no per-model setting)."""
     target_threads = threads if threads > 0 else torch.get_num_threads()
     # Load on one thread: the loading process never starts OpenMP's thread pool, so it can fork

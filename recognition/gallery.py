@@ -56,6 +56,10 @@ COHORT_SIZE = 5
 # cap keeps the score comparable between galleries of one person and of thousands.
 CONTEXT_CAP = 0.3
 DEFAULT_TARGET_FPIR = 0.01
+
+# Two photos of one person are usually within dlib's same-person distance, 0.6; a face of an
+# enrolment photo further than this from its person's other examples is not taken to be them.
+AGREEMENT_DISTANCE = 0.6
 # With no stranger evidence at all (a one-person gallery), the face must be this near the mean:
 # stricter than dlib's 0.6 same-person distance, which names most strangers in a 1:N search.
 PRIOR_DISTANCE = 0.5
@@ -299,9 +303,7 @@ class Gallery:
 
     def calibrated(self, target_fpir: float) -> Gallery:
         """This gallery with the operating point for ``target_fpir`` (a new object)."""
-        return Gallery(
-            self.embedder, self.labels, self.embeddings, calibrate(self, target_fpir)
-        )
+        return Gallery(self.embedder, self.labels, self.embeddings, calibrate(self, target_fpir))
 
     def with_threshold(self, threshold: float) -> Gallery:
         """This gallery with a hand-set score threshold (evaluate's curve, tests)."""
@@ -493,3 +495,48 @@ def calibrate(gallery: Gallery, target_fpir: float) -> OperatingPoint:
         return choose_operating_point(np.zeros(0), target_fpir)
     impostors = impostor_scores(gallery.means, gallery.embeddings, gallery.owner)
     return choose_operating_point(impostors, target_fpir)
+
+
+def choose_face(embeddings: np.ndarray, reference: np.ndarray | None) -> tuple[int, str]:
+    """Which of an enrolment photo's faces (rows of ``embeddings``, largest first) is the
+    person, and why: the face nearest the mean of the person's other examples when it is within
+    AGREEMENT_DISTANCE of it, else the largest. Pure function."""
+    count = len(embeddings)
+    if reference is None:
+        return 0, f"{count} faces, used the largest (no other example of this person decides)"
+    distances = np.linalg.norm(embeddings.astype(np.float64) - reference, axis=1)
+    nearest = int(np.argmin(distances))
+    if distances[nearest] > AGREEMENT_DISTANCE:
+        return 0, (
+            f"{count} faces, used the largest (none agrees with this person's other "
+            f"examples: the nearest is {distances[nearest]:.2f} away)"
+        )
+    if nearest == 0:
+        return 0, (
+            f"{count} faces, used the largest, which agrees with this person's other "
+            f"examples ({distances[0]:.2f})"
+        )
+    return nearest, (
+        f"{count} faces, used face {nearest + 1} by size: it agrees with this person's other "
+        f"examples ({distances[nearest]:.2f}; the largest is {distances[0]:.2f} away)"
+    )
+
+
+def disagreeing_examples(labels: list[str], embeddings: np.ndarray) -> np.ndarray:
+    """Which examples are likely someone else: further than AGREEMENT_DISTANCE from every other
+    example of their person (unlike any of them; a mean would be dragged by the odd one out).
+    A person needs three examples for this to mean anything (with two, neither can be told
+    wrong). Pure function: (n,) bool."""
+    flags = np.zeros(len(labels), dtype=bool)
+    if not len(labels):
+        return flags
+    matrix = np.asarray(embeddings, dtype=np.float64)
+    names = np.asarray(labels, dtype=str)
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        if len(rows) < 3:
+            continue
+        distances = _euclidean(matrix[rows], matrix[rows])
+        np.fill_diagonal(distances, np.inf)
+        flags[rows] = distances.min(axis=1) > AGREEMENT_DISTANCE
+    return flags

@@ -193,6 +193,21 @@ class ShapePredictor:
     def __init__(self, initial_shape: np.ndarray, levels: list[CascadeLevel]) -> None:
         self.initial_shape = initial_shape  # (landmarks, 2), in the unit square of the box
         self.levels = levels
+        # The mean shape centred, as complex numbers, for _similarity_to.
+        centred = initial_shape - initial_shape.mean(axis=0)
+        self._initial_complex = centred[:, 0] + 1j * centred[:, 1]
+        self._initial_power = float((np.abs(self._initial_complex) ** 2).sum())
+
+    def _similarity_to(self, shape: np.ndarray) -> np.ndarray:
+        """The 2x2 rotation-and-scale part of the least-squares similarity taking the mean
+        shape onto ``shape`` (what dlib's find_similarity_transform gives), float32. In the
+        plane it has a closed form: with centred points as complex numbers, the factor
+        sum(conj(source) * target) / sum(|source|^2)."""
+        centred = shape.astype(np.float64) - shape.mean(axis=0)
+        factor = (np.conj(self._initial_complex) * (centred[:, 0] + 1j * centred[:, 1])).sum()
+        factor /= self._initial_power
+        a, b = factor.real, factor.imag
+        return np.array([[a, -b], [b, a]], dtype=np.float32)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ShapePredictor:
@@ -282,7 +297,7 @@ class ShapePredictor:
         for level in self.levels:
             # Feature pixels follow the current shape: each offset turned and scaled by the
             # similarity from the mean shape to the current one (its linear part only).
-            linear = umeyama(self.initial_shape, shape)[:, :2].astype(np.float32)
+            linear = self._similarity_to(shape)
             points = shape[level.anchors] + level.offsets @ linear.T
             # dlib rounds to the nearest pixel and reads 0 outside the image.
             pixels = np.floor(points * extent + origin + 0.5).astype(np.intp)
@@ -291,15 +306,14 @@ class ShapePredictor:
             values = np.zeros(len(pixels), dtype=np.float32)
             values[inside] = gray[y[inside], x[inside]]
 
-            # All trees of the level at once, one depth step at a time (the trees are complete,
-            # so every tree reaches a leaf after the same number of steps).
+            # Every split of every tree decided at once, then each tree walked from its root
+            # (the trees are complete, so all reach a leaf after the same number of steps).
+            goes_first = values[level.first_flat] - values[level.second_flat] > (
+                level.thresholds_flat
+            )
             node = np.zeros(level.tree_count, dtype=np.intp)
             for _ in range(level.depth):
-                at = level.split_base + node
-                go_first = values[level.first_flat[at]] - values[level.second_flat[at]] > (
-                    level.thresholds_flat[at]
-                )
-                node = 2 * node + 2 - go_first
+                node = 2 * node + 2 - goes_first[level.split_base + node]
             leaf = level.leaf_base + node - level.split_count
             shape = shape + level.leaves_flat[leaf].sum(axis=0).reshape(-1, 2)
         return shape.astype(np.float64) * extent + origin

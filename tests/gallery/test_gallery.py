@@ -274,8 +274,8 @@ def test_identify_names_a_clear_match_and_not_a_face_between_two_people():
     assert clear.name == "A" and clear.score > 0.2
     # The distance is to A's mean, (0, 0.05 / 3), not to its nearest example.
     assert clear.distance == pytest.approx(np.hypot(0.02, 0.05 / 3), abs=1e-6)
-    # About half-way between A and B: not clearly nearer one than the other, so no name, although a single
-    # distance threshold of 0.6 (dlib's) would have named it.
+    # About half-way between A and B: not clearly nearer one than the other, so no name,
+    # although a single distance threshold of 0.6 (dlib's) would have named it.
     assert between.name == UNKNOWN and between.score < 0.2
     assert [c.name for c in between.candidates] == ["A", "B"]
     assert between.threshold == 0.2

@@ -17,6 +17,7 @@ bottom of the nose.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +52,17 @@ def chip_matrix(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
     """The image -> chip similarity (2x3) that dlib's get_face_chip_details + extract_image_chip
     apply for these five landmarks.
 
-    dlib fits chip -> image by least squares, keeps its rotation and scale, and extracts the
-    square of side ``size * scale`` centred on the image of the chip's centre so that its
-    corners land on chip pixels 0 and size - 1: a scale of (size - 1) / size against the fit.
+    dlib fits chip -> image by least squares and keeps its rotation and scale s; the chip is
+    then the rectangle centred on the image of the chip's centre (size / 2, size / 2) whose
+    width is size * s in dlib's inclusive convention, i.e. whose corners lie size * s - 1 image
+    pixels apart, mapped onto chip pixels 0 and size - 1.
     """
     chip_to_image = umeyama(chip_template(size, padding), landmarks)
     linear = chip_to_image[:, :2]
+    scale = math.sqrt(abs(np.linalg.det(linear)))
     centre = linear @ np.full(2, size / 2.0) + chip_to_image[:, 2]
-    image_to_chip = np.linalg.inv(linear) * ((size - 1) / size)
+    rotation = linear / scale
+    image_to_chip = rotation.T * ((size - 1) / (size * scale - 1))
     matrix = np.empty((2, 3))
     matrix[:, :2] = image_to_chip
     matrix[:, 2] = np.full(2, (size - 1) / 2.0) - image_to_chip @ centre

@@ -60,14 +60,16 @@ class Engine:
     def __repr__(self) -> str:
         return f"<Engine {self.embedder_name} threshold={self.threshold} top_k={self.top_k}>"
 
-    def faces(self, image: Image.Image) -> list[Face]:
+    def faces(self, image: Image.Image, mirror: bool = False) -> list[Face]:
         """Every face in ``image`` (a decoded PIL image; non-RGB modes are converted), largest
-        first, each with its embedding."""
-        return self._faces(to_rgb(image), {})
+        first, each with its embedding. ``mirror``: average each face's embedding with its
+        mirror image's (steadier, for enrolment; it doubles the network's work, which
+        recognition cannot afford within its speed budget)."""
+        return self._faces(to_rgb(image), {}, mirror)
 
-    def embed_image(self, source: ImageSource | Image.Image) -> list[Face]:
+    def embed_image(self, source: ImageSource | Image.Image, mirror: bool = False) -> list[Face]:
         """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it."""
-        return self._faces(self._decode(source), {})
+        return self._faces(self._decode(source), {}, mirror)
 
     def recognize(
         self,
@@ -114,7 +116,9 @@ class Engine:
             return prepare_image(source, self.max_pixels)
         return load_image(source, self.max_pixels)
 
-    def _faces(self, image: Image.Image, timings: dict[str, float]) -> list[Face]:
+    def _faces(
+        self, image: Image.Image, timings: dict[str, float], mirror: bool = False
+    ) -> list[Face]:
         """faces(), recording detect/align/embed seconds into ``timings``."""
         global _parallel_inference_ran
         if not _parallel_inference_ran and torch.get_num_threads() > 1:
@@ -125,7 +129,7 @@ class Engine:
             detected = time.perf_counter()
             chips = [self.embedder.prepare(image, detection) for detection in detections]
             aligned = time.perf_counter()
-            embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, 0))
+            embeddings = self.embedder.embed(np.stack(chips), mirror) if chips else np.zeros((0, 0))
             embedded = time.perf_counter()
         timings.update(
             detect=detected - started, align=aligned - detected, embed=embedded - aligned

@@ -31,8 +31,9 @@ class Embedder(Protocol):
     def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
         """The network's (size, size, 3) uint8 input for one face."""
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) uint8 -> (n, dim) float32, as one batch."""
+    def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """(n, size, size, 3) uint8 -> (n, dim) float32, as one batch; ``mirror``: each the
+        mean of the chip's and its mirror image's embeddings."""
 
 
 def _batch(chips: np.ndarray) -> torch.Tensor:
@@ -73,8 +74,8 @@ def predictor_box(box: np.ndarray) -> tuple[int, int, int, int]:
 class DlibEmbedder:
     """dlib's face ResNet (99.38% on LFW), ported to PyTorch, on the chips dlib cuts: aligned
     on dlib's own 5-point landmarks (shape_predictor.py), which separates strangers from
-    enrolled people better than MTCNN's five points through a fixed template. Each face is
-    embedded with its mirror image and the two averaged (test-time flip augmentation)."""
+    enrolled people better than MTCNN's five points through a fixed template. Enrolment embeds
+    each face with its mirror image and averages the two (``mirror``)."""
 
     name = DLIB_EMBEDDER
     dim = dlib_resnet.EMBEDDING_DIM
@@ -116,12 +117,14 @@ class DlibEmbedder:
         )
         return alignment.warp(image, matrix, dlib_resnet.CHIP_SIZE)
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        mirrored = chips[:, :, ::-1]
+    def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
+        if mirror:
+            chips = np.concatenate([chips, chips[:, :, ::-1]])
         with torch.inference_mode():
-            both = self.network(_batch(np.concatenate([chips, mirrored])))
-            pair = both.reshape(2, len(chips), -1).mean(dim=0)
-            return pair.numpy().astype(np.float32, copy=False)
+            embeddings = self.network(_batch(chips))
+            if mirror:
+                embeddings = embeddings.reshape(2, len(chips) // 2, -1).mean(dim=0)
+            return embeddings.numpy().astype(np.float32, copy=False)
 
 
 def torch_home() -> Path:
@@ -183,11 +186,16 @@ class FacenetEmbedder:
         crop = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
         return np.asarray(crop, dtype=np.uint8)
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
+    def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
+        if mirror:
+            chips = np.concatenate([chips, chips[:, :, ::-1]])
         # fixed_image_standardization, as facenet-pytorch's MTCNN post-processing applies it.
         with torch.inference_mode():
             batch = (_batch(chips) - 127.5) / 128.0
-            return self.network(batch).numpy().astype(np.float32, copy=False)
+            embeddings = self.network(batch)
+            if mirror:
+                embeddings = embeddings.reshape(2, len(chips) // 2, -1).mean(dim=0)
+            return embeddings.numpy().astype(np.float32, copy=False)
 
 
 _EMBEDDERS: dict[str, type[DlibEmbedder] | type[FacenetEmbedder]] = {

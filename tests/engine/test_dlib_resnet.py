@@ -121,8 +121,8 @@ def test_port_matches_dlib(aligned_chips: np.ndarray) -> None:
 
 
 def test_engine_embeddings_are_the_ports(dlib_engine, aligned_chips: np.ndarray) -> None:
-    """The engine's embedder (channels-last, batched) computes what the plain network gives
-    for each chip and its mirror image, averaged (test-time flip augmentation)."""
+    """The engine's embedder (channels-last, batched) computes what the plain network gives;
+    mirrored, the mean of the chip's and its mirror image's."""
     import torch
 
     network = load_dlib_resnet()
@@ -132,7 +132,9 @@ def test_engine_embeddings_are_the_ports(dlib_engine, aligned_chips: np.ndarray)
             network(torch.from_numpy(chips).permute(0, 3, 1, 2).float()).numpy()
             for chips in (aligned_chips, mirrored)
         ]
-        plain = (views[0] + views[1]) / 2
         engine = dlib_engine.embedder.embed(aligned_chips)
+        mirrored_engine = dlib_engine.embedder.embed(aligned_chips, mirror=True)
+    assert np.abs(mirrored_engine - (views[0] + views[1]) / 2).max() < 1e-4
+    plain = views[0]
     assert engine.dtype == np.float32 and engine.shape == (len(aligned_chips), 128)
     assert np.abs(engine - plain).max() < 1e-4

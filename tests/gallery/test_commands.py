@@ -15,7 +15,7 @@ from recognition.engine import VGGFACE2_EMBEDDER
 from recognition.gallery import AGREEMENT_DISTANCE, UNKNOWN
 from recognition.models import FaceSample, GallerySnapshot
 
-from .conftest import course_photo, write_blank_image
+from .conftest import course_photo, write_blank_image, write_group_photo
 
 ENROLLED = {
     "Paul/test_00.jpg",
@@ -193,3 +193,56 @@ def test_importgallery_rejects_other_files(tmp_path: Path):
     bogus.write_bytes(b"not a torch file")
     with pytest.raises(CommandError, match="cannot load"):
         run("importgallery", str(bogus))
+
+
+@pytest.mark.django_db
+def test_enroll_uses_the_face_that_agrees_and_flags_the_odd_example(
+    engine, course_dir: Path, tmp_path: Path
+):
+    tree = tmp_path / "tree"
+    (tree / "Bob").mkdir(parents=True)
+    shutil.copy(course_photo(course_dir, "test_02"), tree / "Bob")
+    # Bob stands beside a larger Paul: the largest face is the wrong one.
+    write_group_photo(
+        tree / "Bob" / "group.jpg",
+        large=course_photo(course_dir, "test_00"),
+        small=course_photo(course_dir, "test_02"),
+    )
+    # Two photos of Gerry and one of Bill filed under Gerry.
+    (tree / "Gerry").mkdir()
+    for stem in ("test_05", "test_06", "test_08"):
+        shutil.copy(course_photo(course_dir, stem), tree / "Gerry")
+
+    out, _ = run("enroll", str(tree), "-v", "0")
+    assert "Bob/group.jpg: 2 faces, used face 2 by size: it agrees" in out
+    assert "1 examples disagree with the rest of their person" in out
+    assert "  Gerry/test_08.jpg (Gerry)" in out
+    flagged = FaceSample.objects.filter(disagrees=True)
+    assert list(flagged.values_list("source_image", flat=True)) == ["Gerry/test_08.jpg"]
+
+    gallery = gallery_store.current_gallery(engine.embedder_name)
+    samples = {
+        row.source_image: np.frombuffer(bytes(row.embedding), dtype="<f4")
+        for row in FaceSample.objects.all()
+    }
+    assert np.linalg.norm(samples["Bob/group.jpg"] - samples["Bob/test_02.jpg"]) < 0.3
+    assert "operating point: threshold" in out
+    assert gallery.operating_point.method in ("strictest", "quantile")
+
+
+@pytest.mark.django_db
+def test_calibrate_explains_and_publishes(engine, course_tree: Path):
+    with pytest.raises(CommandError, match="empty"):
+        run("calibrate")
+    run("enroll", str(course_tree), "-v", "0")
+    snapshots = GallerySnapshot.objects.count()
+    out, _ = run("calibrate", "--dry-run")
+    assert "target FPIR 0.01: threshold" in out and "impostor trials" in out
+    assert GallerySnapshot.objects.count() == snapshots
+    out, _ = run("calibrate", "--target-fpir", "0.2")
+    assert "target FPIR 0.2: threshold" in out
+    latest = gallery_store.current_gallery(engine.embedder_name)
+    assert latest.operating_point.target_fpir == 0.2
+    assert f"snapshot version {latest.version}" in out
+    with pytest.raises(CommandError, match="between 0 and 1"):
+        run("calibrate", "--target-fpir", "2")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def _packed_integers(data: bytes) -> np.ndarray:
     (mantissa, base-2 exponent). Only the walk from header to header is sequential; decoding
     the ~3 million values is one vectorised pass.
     """
-    starts = []
+    starts = array("q")  # 8 bytes per entry: a list of Python ints would take ~5 times more
     append = starts.append
     position, end = 0, len(data)
     while position < end:
@@ -136,13 +137,20 @@ def _packed_integers(data: bytes) -> np.ndarray:
     if position != end:
         raise WeightsFormatError("the file ends inside an integer")
     raw = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    headers = raw[starts]
-    sizes = (headers & 0x0F).astype(np.int64)
+    positions = np.frombuffer(starts, dtype=np.int64)
+    headers = raw[positions]
+    sizes = headers & 0x0F
     if ((sizes == 0) | (sizes > 8) | (headers & 0x70 != 0)).any():
         raise WeightsFormatError("a malformed integer header: not a dlib model file")
-    index = np.asarray(starts, dtype=np.int64)[:, None] + 1 + np.arange(8)
-    magnitude_bytes = np.where(np.arange(8) < sizes[:, None], raw[index], 0).astype(np.uint8)
-    magnitudes = magnitude_bytes.view("<u8").reshape(-1)
+    # Byte by byte (eight passes over the ~3 million integers) rather than one (n, 8) gather:
+    # the same result in a fraction of the memory.
+    magnitudes = np.zeros(len(positions), dtype=np.uint64)
+    for byte in range(8):
+        present = sizes > byte
+        if not present.any():
+            break
+        values_at = raw[positions[present] + 1 + byte].astype(np.uint64)
+        magnitudes[present] |= values_at << np.uint64(8 * byte)
     if (magnitudes > np.iinfo(np.int64).max).any():
         raise WeightsFormatError("an integer too large for this model format")
     values = magnitudes.astype(np.int64)
@@ -292,23 +300,26 @@ class ShapePredictor:
         integer pixel bounds as dlib's rectangle, on ``gray``, an (h, w) intensity image."""
         left, top, right, bottom = box
         # dlib's unnormalizing_tform: the unit square onto the box's corners.
-        origin = np.array([left, top], dtype=np.float64)
-        extent = np.array([right - left, bottom - top], dtype=np.float64)
+        origin = np.array([left, top], dtype=np.float32)
+        extent = np.array([right - left, bottom - top], dtype=np.float32)
         height, width = gray.shape
+        # Pixels as one flat row with a 0 after the last: a feature outside the image reads
+        # that 0 (as dlib's does) through the same single gather as every other feature.
+        pixels = np.append(np.asarray(gray, dtype=np.float32).reshape(-1), np.float32(0.0))
+        outside = height * width
         # float32 throughout, as dlib computes: a feature pixel on a rounding boundary then
         # lands where dlib's does.
         shape = self.initial_shape.astype(np.float32)
         for level in self.levels:
             # Feature pixels follow the current shape: each offset turned and scaled by the
             # similarity from the mean shape to the current one (its linear part only).
-            linear = self._similarity_to(shape)
-            points = shape[level.anchors] + level.offsets @ linear.T
-            # dlib rounds to the nearest pixel and reads 0 outside the image.
-            pixels = np.floor(points * extent + origin + 0.5).astype(np.intp)
-            x, y = pixels[:, 0], pixels[:, 1]
-            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-            values = np.zeros(len(pixels), dtype=np.float32)
-            values[inside] = gray[y[inside], x[inside]]
+            points = shape[level.anchors] + level.offsets @ self._similarity_to(shape).T
+            # dlib rounds to the nearest pixel.
+            where = np.floor(points * extent + origin + np.float32(0.5)).astype(np.intp)
+            x, y = where[:, 0], where[:, 1]
+            # Unsigned, a negative coordinate is huge: one comparison per axis bounds both ends.
+            inside = (x.astype(np.uintp) < width) & (y.astype(np.uintp) < height)
+            values = pixels[np.where(inside, y * width + x, outside)]
 
             # Every split of every tree decided at once, then each tree walked from its root
             # (the trees are complete, so all reach a leaf after the same number of steps).

@@ -53,6 +53,10 @@ class Engine:
         # None: every answer uses the gallery's own calibrated operating point (the open-set
         # rule of recognition.gallery). A number: the older rule, nearest example within this
         # distance, for an operator who sets FACESITE_MATCH_THRESHOLD on purpose.
+        # The open-set score's constants are in dlib's distance units; another embedder keeps
+        # the older rule at its own threshold until it is measured.
+        if threshold is None and not getattr(embedder, "open_set", False):
+            threshold = embedder.default_threshold
         self.threshold: float | None = threshold
         self.top_k: int = top_k
         self.max_pixels: int = max_pixels

@@ -82,6 +82,8 @@ class DlibEmbedder:
     # dlib's documented same-person threshold for this network (1:1 verification; 1:N
     # identification uses the gallery's calibrated operating point instead).
     default_threshold = 0.6
+    # recognition.gallery's open-set score was designed and measured on this network.
+    open_set = True
 
     def __init__(
         self, weights: str | Path | None = None, landmarks: str | Path | None = None
@@ -144,6 +146,7 @@ class FacenetEmbedder:
     # cosine similarity 0.5, in the usual range for this network (FaceNet's verification
     # thresholds on squared distance are about 1.1-1.2, i.e. d of about 1.05-1.1).
     default_threshold = 1.0
+    open_set = False  # not measured with the open-set score: nearest example within 1.0
     crop_size = 160
 
     def __init__(self, weights: str | Path | None = None) -> None:

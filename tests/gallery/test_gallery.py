@@ -295,12 +295,14 @@ def test_operating_point_is_the_quantile_of_impostor_scores():
     assert choose_operating_point(impostors, 0.05).threshold == 0.94
 
 
-def test_too_few_impostors_give_the_strictest_point_and_none_the_prior():
-    few = choose_operating_point(np.array([-2.0, -1.5]), 0.01)
+def test_too_few_impostors_give_the_prior():
     prior = choose_operating_point(np.zeros(0), 0.01)
-    assert prior.method == "prior" and few.method == "strictest"
-    assert few.threshold == prior.threshold  # both impostors are below the prior
-    assert choose_operating_point(np.array([5.0]), 0.01).threshold == 5.0
+    assert prior.method == "prior" and prior.impostors == 0
+    few = choose_operating_point(np.array([-2.0, 5.0]), 0.01)
+    assert few.method == "prior" and few.threshold == prior.threshold
+    assert few.impostor_fpir == 0.5  # reported, so an operator sees it
+    # 100 trials resolve 1%: then the quantile decides.
+    assert choose_operating_point(np.full(100, 5.0), 0.01).method == "quantile"
     with pytest.raises(ValueError):
         choose_operating_point(np.zeros(3), 0.0)
 
@@ -354,8 +356,9 @@ def test_choose_face_prefers_the_one_that_agrees():
 
 
 def test_disagreeing_examples_are_the_ones_far_from_the_rest():
-    rows = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [2.0, 2.0], [5.0, 5.0], [5.0, 6.0]])
+    rows = np.array([[0.0, 0.0], [0.65, 0.0], [0.0, 0.1], [2.0, 2.0], [5.0, 5.0], [5.0, 6.0]])
     labels = ["a", "a", "a", "a", "b", "b"]
     flags = disagreeing_examples(labels, rows)
-    # "a"'s fourth example is someone else; "b" has two examples, so neither can be told wrong.
+    # "a"'s fourth example is someone else; its second is only unlike (0.65 from) the others;
+    # "b" has two examples, so neither can be told wrong.
     assert flags.tolist() == [False, False, False, True, False, False]

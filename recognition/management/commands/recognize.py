@@ -82,7 +82,7 @@ class Command(BaseCommand):
             score = "" if found.match.score is None else f" score {found.match.score:.3f}"
             self.stdout.write(
                 f"  face {index}: box ({x0},{y0})-({x1},{y1}) p={found.face.probability:.3f} "
-                f"-> {found.match.name}{score} [{candidates or 'empty gallery'}]"
+                f"-> {found.match.name} [{candidates or 'empty gallery'}]{score}"
             )
         timings = ", ".join(
             f"{step} {seconds * 1000:.1f} ms" for step, seconds in recognition.timings.items()

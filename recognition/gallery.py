@@ -167,42 +167,67 @@ def _euclidean(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def cohort_distances(
-    means: np.ndarray, embeddings: np.ndarray, owner: np.ndarray, excluded: int = -1
-) -> np.ndarray:
-    """Each identity's cohort distance: the mean distance from its mean to the COHORT_SIZE
-    nearest examples of other identities (fewer if fewer exist; nan if none), leaving out the
-    examples of identity ``excluded``."""
-    distances = _euclidean(means, embeddings)
-    foreign = owner[None, :] != np.arange(len(means))[:, None]
-    if excluded >= 0:
-        foreign &= owner[None, :] != excluded
-    distances = np.where(foreign, distances, np.inf)
-    count = min(COHORT_SIZE, distances.shape[1])
-    if count == 0:
-        return np.full(len(means), np.nan)
-    nearest = np.sort(distances, axis=1)[:, :count]
-    finite = np.isfinite(nearest)
-    totals = np.where(finite, nearest, 0.0).sum(axis=1)
-    counts = finite.sum(axis=1)
+def _foreign_neighbours(
+    distances: np.ndarray, owner: np.ndarray, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each identity (row of ``distances``: its mean to every example), its ``depth``
+    nearest examples of other identities: (distances, owners), nearest first, padded with inf
+    and -1 where there are fewer."""
+    identities = np.arange(len(distances))
+    foreign = np.where(owner[None, :] != identities[:, None], distances, np.inf)
+    depth = min(depth, foreign.shape[1])
+    if depth == 0:
+        empty = np.zeros((len(distances), 0))
+        return empty, empty.astype(np.intp)
+    nearest = np.argpartition(foreign, depth - 1, axis=1)[:, :depth]
+    nearest_distances = np.take_along_axis(foreign, nearest, axis=1)
+    order = np.argsort(nearest_distances, axis=1, kind="stable")
+    nearest = np.take_along_axis(nearest, order, axis=1)
+    nearest_distances = np.take_along_axis(nearest_distances, order, axis=1)
+    owners = np.where(np.isfinite(nearest_distances), owner[nearest], -1)
+    return nearest_distances, owners
+
+
+def _mean_of_first(distances: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Per row, the mean of the first COHORT_SIZE usable entries (nan if none)."""
+    rank = np.cumsum(usable, axis=1)
+    taken = usable & (rank <= COHORT_SIZE)
+    counts = taken.sum(axis=1)
+    totals = np.where(taken, distances, 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
 
 
+def cohort_distances(means: np.ndarray, embeddings: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Each identity's cohort distance: the mean distance from its mean to the COHORT_SIZE
+    nearest examples of other identities (fewer if fewer exist; nan if none)."""
+    distances, owners = _foreign_neighbours(_euclidean(means, embeddings), owner, COHORT_SIZE)
+    return _mean_of_first(distances, owners >= 0)
+
+
 def impostor_scores(means: np.ndarray, embeddings: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """Open-set scores of every example against the gallery without its own identity: what a
-    stranger to that smaller gallery would score. Nothing but the gallery goes in."""
-    scores = []
+    stranger to that smaller gallery would score. Nothing but the gallery goes in.
+
+    Leaving identity k out changes the others' cohort distances only where k's examples were
+    among their nearest foreign ones, so each identity keeps COHORT_SIZE + (the largest
+    identity's example count) neighbours and skips k's: one distance matrix for all trials.
+    """
+    if len(means) < 2:
+        return np.zeros(0)
+    to_examples = _euclidean(means, embeddings)
+    largest = int(np.bincount(owner).max())
+    neighbours, neighbour_owners = _foreign_neighbours(to_examples, owner, COHORT_SIZE + largest)
+    example_to_means = to_examples.T
     everyone = np.arange(len(means))
+    scores = []
     for identity in everyone:
         others = everyone != identity
-        if not others.any():
-            break
-        cohort = cohort_distances(means, embeddings, owner, excluded=identity)[others]
-        queries = embeddings[owner == identity]
-        _, _, score = open_set_scores(_euclidean(queries, means[others]), cohort)
-        scores.append(score)
-    return np.concatenate(scores) if scores else np.zeros(0)
+        usable = (neighbour_owners >= 0) & (neighbour_owners != identity)
+        cohort = _mean_of_first(neighbours[others], usable[others])
+        queries = example_to_means[owner == identity][:, others]
+        scores.append(open_set_scores(queries, cohort)[2])
+    return np.concatenate(scores)
 
 
 def prior_threshold() -> float:

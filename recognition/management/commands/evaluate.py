@@ -324,7 +324,13 @@ class Command(BaseCommand):
             point.threshold if engine.threshold is None else -engine.threshold,
         )
         if curve is not None and open_set is not None:
-            plot_curve(open_set, curve, f"{scratch.embedder}, {len(scratch.identities)} enrolled")
+            try:
+                plot_curve(
+                    open_set, curve, f"{scratch.embedder}, {len(scratch.identities)} enrolled"
+                )
+            except ImportError as exc:
+                message = f"--curve needs matplotlib (requirements/dev.txt): {exc}"
+                raise CommandError(message) from exc
 
         report = {
             "embedder": engine.embedder_name,

@@ -76,7 +76,7 @@ class UploadRequestAdmin(ReadOnlyAdmin):
 
 class FaceSampleInline(admin.TabularInline):
     model = FaceSample
-    fields = ("source_image", "embedder", "created_at")
+    fields = ("source_image", "embedder", "disagrees", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -92,6 +92,17 @@ class IdentityAdmin(admin.ModelAdmin):
     @admin.display(description="samples")
     def sample_count(self, identity: Identity) -> int:
         return identity.samples.count()
+
+
+@admin.register(FaceSample)
+class FaceSampleAdmin(ReadOnlyAdmin):
+    """Enrolled examples; the filter finds the ones that disagree with the rest of their
+    person (likely the wrong face), which an operator checks and deletes or re-enrols."""
+
+    list_display = ("source_image", "identity", "embedder", "disagrees", "created_at")
+    list_filter = ("disagrees", "embedder")
+    search_fields = ("source_image", "identity__name")
+    exclude = ("embedding",)
 
 
 @admin.register(GallerySnapshot)

@@ -90,6 +90,12 @@ class FaceSample(models.Model):
     embedder = models.CharField(max_length=64)
     embedding = models.BinaryField()
     source_image = models.CharField(max_length=512)
+    # Set by enroll: further from the mean of its person's other examples than two photos of
+    # one person usually are, so likely someone else (see enrollment.disagreeing_examples).
+    disagrees = models.BooleanField(
+        default=False,
+        help_text="Far from this person's other examples: likely another person's face.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -22,7 +22,7 @@ from recognition.api import calls
 from recognition.api.errors import ApiError
 from recognition.engine import configured_embedder_name
 from recognition.gallery import snapshots, store
-from recognition.gallery.matching import Gallery
+from recognition.gallery.matching import choose_face
 from recognition.lifecycle import TIMEOUT_CODE, ApiReply
 from recognition.messages import send_api_embed
 from recognition.models import FaceSample, Identity, UploadRequest
@@ -136,7 +136,6 @@ class Embedded:
     request_id: str
     boxes: list[list[float]]
     embeddings: np.ndarray  # (faces, dim)
-    threshold: float
 
 
 def _decode(payload: dict) -> np.ndarray:
@@ -157,28 +156,6 @@ def _embed(image: calls.Image) -> ApiReply:
         )
     finally:
         connection.close()  # this ran on a pool thread: its connection would be left open
-
-
-def choose_face(embedded: Embedded, references: list[np.ndarray], embedder: str) -> tuple[int, str]:
-    """Which face of an example to enrol, and a note saying why when there was a choice: the
-    face nearest the subject's other examples if it is within the match threshold, else the
-    largest (the face a recognise call would answer for)."""
-    count = len(embedded.embeddings)
-    if count == 1:
-        return 0, ""
-    if not references:
-        return 0, f"{count} faces; the subject has no other examples, so the largest was used"
-    others = Gallery(embedder, ["subject"] * len(references), np.vstack(references))
-    distances = [
-        match.distance for match in others.match(embedded.embeddings, embedded.threshold, 1)
-    ]
-    best = int(np.argmin(distances))
-    if distances[best] <= embedded.threshold:
-        return best, (
-            f"{count} faces; used face {best + 1} (by size), which agrees with the subject's "
-            f"other examples (distance {distances[best]:.3f})"
-        )
-    return 0, f"{count} faces; none agrees with the subject's other examples, used the largest"
 
 
 def add_examples(identity: Identity, uploads: list) -> dict:
@@ -216,7 +193,6 @@ def add_examples(identity: Identity, uploads: list) -> dict:
                 reply.request_id,
                 [face["box"] for face in reply.body["faces"]],
                 _decode(reply.body),
-                float(reply.body["threshold"]),
             )
         else:
             error = reply.body["error"]
@@ -243,7 +219,9 @@ def add_examples(identity: Identity, uploads: list) -> dict:
     # Single-face images first: their faces are references for the images with several.
     chosen: dict[int, tuple[int, str]] = {}
     for index in sorted(embedded, key=lambda i: len(embedded[i].embeddings)):
-        face, note = choose_face(embedded[index], references, embedder)
+        faces = embedded[index].embeddings
+        reference = np.mean(references, axis=0) if references else None
+        face, note = choose_face(faces, reference) if len(faces) > 1 else (0, "")
         chosen[index] = (face, note)
         references.append(embedded[index].embeddings[face])
 

@@ -22,7 +22,7 @@ from facesite import aws
 from recognition import messages
 from recognition.engine.errors import ImageError
 from recognition.gallery import snapshots
-from recognition.gallery.matching import UNKNOWN, Gallery
+from recognition.gallery.matching import AGREEMENT_DISTANCE, UNKNOWN, Gallery
 from recognition.lifecycle import Outcome, outcome_of
 from recognition.worker.selfstop import instance_id
 
@@ -162,8 +162,10 @@ def verify_payload(
     data: bytes, other: bytes | None, subject: str, gallery_version: str
 ) -> messages.ResultMessage:
     """Whether the largest face in ``data`` is the person in ``other`` (its largest face) or the
-    enrolled ``subject``, by the gallery's own matching rule and the engine's threshold."""
+    enrolled ``subject``: a 1:1 decision, by distance (the nearest example), within the engine's
+    distance threshold when one is set, else the distance at which two faces agree."""
     engine = _engine()
+    threshold = AGREEMENT_DISTANCE if engine.threshold is None else engine.threshold
     faces = engine.embed_image(data)
     if not faces:
         return _no_face("the first image")
@@ -173,13 +175,13 @@ def verify_payload(
             return _no_face("the second image")
         # A one-sample gallery of the second face: the same rule decides as for recognition.
         reference = Gallery(engine.embedder_name, ["image2"], other_faces[0].embedding[None, :])
-        match = reference.match(faces[0].embedding, engine.threshold, top_k=1)[0]
+        match = reference.match(faces[0].embedding, threshold, top_k=1)[0]
         distance = match.distance
         matched = match.name != UNKNOWN
     else:
         gallery = snapshots.load(gallery_version, engine.embedder_name)
         # Every identity's distance, so the subject's is among them wherever it ranks.
-        match = gallery.match(faces[0].embedding, engine.threshold, top_k=max(1, len(gallery)))[0]
+        match = gallery.match(faces[0].embedding, threshold, top_k=max(1, len(gallery)))[0]
         distances = {candidate.name: candidate.distance for candidate in match.candidates}
         if subject not in distances:
             return messages.refused(
@@ -187,11 +189,11 @@ def verify_payload(
                 f"Subject {subject!r} has no examples in gallery {gallery_version[:12]}.",
             )
         distance = distances[subject]
-        matched = distance <= engine.threshold
+        matched = distance <= threshold
     payload = {
         "match": bool(matched),
         "distance": _finite(distance),
-        "threshold": round(float(engine.threshold), 4),
+        "threshold": round(float(threshold), 4),
     }
     return messages.ResultMessage(
         Outcome.COMPLETED, distance=_finite(distance), faces=len(faces), payload=payload
@@ -217,7 +219,6 @@ def embed_payload(data: bytes) -> messages.ResultMessage:
         return _no_face()
     payload = {
         "embedder": engine.embedder_name,
-        "threshold": float(engine.threshold),
         "faces": [
             {"box": _box(face), "embedding": encode_embedding(face.embedding)} for face in faces
         ],

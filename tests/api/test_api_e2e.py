@@ -203,7 +203,7 @@ def test_a_photo_of_two_people_enrols_the_face_that_agrees(api, five_celebrity_d
     assert reply.status_code == 201, reply.text
     (added,) = reply.json()["added"]
     assert added["faces"] == 2, added
-    assert "used face 2 (by size), which agrees" in added["note"], added
+    assert "used face 2 by size: it agrees" in added["note"], added
     # The enrolled face is Madonna's: Ben's face is still named Ben, not Madonna.
     ben = api.call(
         "POST",

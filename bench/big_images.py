@@ -69,7 +69,7 @@ class MemorySampler(threading.Thread):
         self.interval = interval
         self.peaks: Counter[str] = Counter()
         self.peak_sum = 0
-        self._stop = threading.Event()
+        self._stop_event = threading.Event()
 
     def totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -83,15 +83,15 @@ class MemorySampler(threading.Thread):
         return totals
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             totals = self.totals()
             for name, total in totals.items():
                 self.peaks[name] = max(self.peaks[name], total)
             self.peak_sum = max(self.peak_sum, sum(totals.values()))
-            self._stop.wait(self.interval)
+            self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop_event.set()
         self.join()
 
 

@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.big_images [--counts 10 50] [--workers 2]
 
 Each upload is an 8000x5000 PNG (40 MP, the most FACESITE_MAX_PIXELS allows, ~150 KB): a
-flat background with one of the course's photos pasted in, enlarged 4x by repeating pixels, at a
-position that is a multiple of 4. A worker decodes it reduced 4x (its longer side to at most
-2560), which gives back exactly the original photo on the background, so the right answer is the
-photo's label.
+flat background with one of the course's 64x64 photos pasted in, enlarged 8x by repeating
+pixels, at a position that is a multiple of 8. A worker decodes it reduced 4x (its longer side
+to at most 2560), which gives back the photo enlarged 2x the same way (at 1x the face would be
+too small to detect once the detector shrinks the image to 1280 px), so the right answer is
+the photo's label.
 
 The web tier runs as on `make run`: nginx in front of gunicorn (2 processes). Its memory is
 sampled every 0.1 s: the total resident set of gunicorn's master and workers, and of nginx's.
@@ -44,7 +45,7 @@ from ami.local.harness import (  # noqa: E402
 )
 
 SIZE = (8000, 5000)
-ENLARGE = 4
+ENLARGE = 8
 GIB = 1024**3
 REPLY_LIMIT_SECONDS = 60.0
 MEMORY_LIMIT_BYTES = GIB
@@ -54,7 +55,7 @@ def forty_megapixel_png(photo: Path) -> bytes:
     canvas = Image.new("RGB", SIZE, (40, 120, 130))
     face = Image.open(photo).convert("RGB")
     face = face.resize((face.width * ENLARGE, face.height * ENLARGE), Image.Resampling.NEAREST)
-    canvas.paste(face, (ENLARGE * 900, ENLARGE * 500))
+    canvas.paste(face, (ENLARGE * 450, ENLARGE * 250))
     buffer = io.BytesIO()
     canvas.save(buffer, "PNG")
     return buffer.getvalue()

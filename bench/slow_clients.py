@@ -120,6 +120,7 @@ def run_attack(url: str, slow: int, uploads: int, timeout: float, label: str) ->
     print(f"\n{label}: {stats.open_now} slow connections open; {uploads} uploads, one a second")
 
     results: list[tuple[int | str, str, float]] = [("not sent", "", 0.0)] * uploads
+    stats.open_samples.clear()  # from here on: while the uploads are sent
 
     def send(index: int) -> None:
         name = f"slow{index:02d}_{photos[index].name}"

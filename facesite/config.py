@@ -80,6 +80,10 @@ class FacesiteConfig(BaseSettings):
 
     # --- web tier --------------------------------------------------------------------------------
     bind: str = "127.0.0.1:8000"
+    # What the local stack puts in front of gunicorn on the web port: nginx (installed with
+    # apt-get when missing), which reads requests whole so slow clients can't hold gunicorn's
+    # threads; "none" serves gunicorn on the web port directly (slow clients can starve it).
+    front: Literal["nginx", "none"] = "nginx"
     web_processes: int = Field(2, ge=1)
     web_threads: int = Field(600, ge=1)
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger uploads get 413

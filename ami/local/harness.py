@@ -29,11 +29,11 @@ from typing import Any
 import boto3
 import requests
 
-from ami.local import emulator
+from ami.local import emulator, front
 from ami.local.supervisor import Service, stop_services
 from facesite.aws import readers
 from facesite.aws.names import Names, Role
-from facesite.config import BASE_DIR
+from facesite.config import BASE_DIR, FacesiteConfig
 
 REPO_DIR = BASE_DIR
 # The labelled photos tests and benchmarks use: ../shared/datasets beside the clone.
@@ -197,12 +197,36 @@ class Stack:
         wait_until(lambda: b"ready." in log.read_bytes()[offset:], 60, f"{name} ready")
         return worker
 
-    def start_web(self, name: str = "web", processes: int = 2, **env: str) -> str:
+    def start_web(
+        self, name: str = "web", processes: int = 2, with_front: bool = False, **env: str
+    ) -> str:
+        """gunicorn on a free port; ``with_front``: behind nginx (as `make run` serves it), on a
+        Unix socket, with nginx on the free port. Returns the URL clients use."""
         port = free_port()
+        bind = f"127.0.0.1:{port}"
+        if with_front:
+            socket_path = front.upstream_socket(self.work_dir / name)
+            bind = f"unix:{socket_path}"
+            self.spawn(
+                f"{name}-front",
+                front.command(
+                    front.ensure_nginx(self.log_dir / f"{name}-front-install.log"),
+                    front.write_config(
+                        front.FrontConfig(
+                            listen=f"127.0.0.1:{port}",
+                            upstream=socket_path,
+                            run_dir=self.work_dir / name / "front",
+                            log_dir=self.log_dir,
+                            max_upload_bytes=int(self.setting("max_upload_bytes")),
+                            reply_timeout=float(self.setting("reply_timeout")),
+                        )
+                    ),
+                ),
+            )
         self.spawn(
             name,
             [str(VENV_BIN / "gunicorn"), "-c", "recognition/web/gunicorn.py", "facesite.wsgi"],
-            FACESITE_BIND=f"127.0.0.1:{port}",
+            FACESITE_BIND=bind,
             FACESITE_WEB_PROCESSES=str(processes),
             **env,
         )
@@ -210,6 +234,12 @@ class Stack:
         wait_until(lambda: _healthy(url), 60, f"{name} healthy")
         self.web_url = self.web_url or url
         return url
+
+    def setting(self, field: str) -> str:
+        """A FACESITE_ setting as this stack's processes see it (their environment, else the
+        configuration's default)."""
+        default = FacesiteConfig.model_fields[field].default
+        return self.env.get(f"FACESITE_{field.upper()}", str(default))
 
     def start_elastic_tier(self) -> None:
         """The worker image, the autoscaler and the local instance runner: instances come and

@@ -6,6 +6,17 @@ terminal reaches only this process, which then stops them in order) and each tol
 to stop if this process dies (PDEATHSIG). Their output goes to var/log/<name>.log. One-off set-up
 steps (migrate, provision, buildami) run in this process; enrolling a gallery, which loads the
 face models, runs as `manage.py enroll`.
+
+Once running, a service that dies (the front, the web tier, the scaler, the instance runner) is
+restarted with backoff and the restart is logged, as systemd restarts a unit on a real web
+instance; one that keeps dying (5 restarts in 2 minutes) stops the stack. The emulator is the
+exception: its memory is the stack's AWS (buckets, queues, messages, instances), so a new one
+would be an empty account that every other service fails against. Its death stops the whole
+stack with a message; `make run` again provisions everything afresh.
+
+The web port is nginx's (`FACESITE_FRONT=nginx`, the default): gunicorn listens behind it on a
+Unix socket under var/run/. Without nginx (not installable here, or FACESITE_FRONT=none)
+gunicorn takes the web port itself, and the stack says what that costs.
 """
 
 from __future__ import annotations
@@ -28,9 +39,15 @@ from django.conf import settings
 from django.core.management import call_command, get_commands
 
 from ami.image.lookup import current_image_id
-from ami.local import emulator
+from ami.local import emulator, front
 from ami.local.runner import DEFAULT_STOP_GRACE
-from ami.local.supervisor import Service, die_with_parent, stop_services
+from ami.local.supervisor import (
+    RestartPolicy,
+    Service,
+    ServiceFailed,
+    die_with_parent,
+    stop_services,
+)
 from facesite import aws
 from facesite.aws import readers
 from facesite.aws.names import WEB_INSTANCE_NAME, Role, State
@@ -38,6 +55,9 @@ from facesite.aws.names import WEB_INSTANCE_NAME, Role, State
 EMULATOR_READY_TIMEOUT = 20.0
 HEALTHY_TIMEOUT = 180.0
 WATCH_INTERVAL = 0.25
+# Every service but the emulator: restarted after 0.5 s, then 1, 2, 4 ... 30 s while it keeps
+# crashing within a minute of its start.
+RESTART = RestartPolicy()
 
 
 class StackError(Exception):
@@ -131,20 +151,55 @@ class LocalStack:
             "instances",
             [python, manage, "runinstances"],
             stop_timeout=DEFAULT_STOP_GRACE + 5,
+            restart=RESTART,
         )
         watched = [moto, runner]
         if "runscaler" in get_commands():
-            watched.append(self.add("scaler", [python, manage, "runscaler"], stop_timeout=10))
+            watched.append(
+                self.add("scaler", [python, manage, "runscaler"], stop_timeout=10, restart=RESTART)
+            )
         else:
             self.say("WARNING: no `manage.py runscaler` in this checkout: nothing will scale")
+        front_argv, web_bind = self.plan_front()
         web = self.add(
             "web",
             [str(bin_dir / "gunicorn"), "-c", "recognition/web/gunicorn.py", "facesite.wsgi"],
             stop_timeout=20,
-            env={"FACESITE_BIND": f"127.0.0.1:{self.web_port}"},
+            env={"FACESITE_BIND": web_bind},
+            restart=RESTART,
         )
         watched.append(web)
+        if front_argv:
+            watched.append(self.add("front", front_argv, stop_timeout=10, restart=RESTART))
         self.wait_until(self.web_healthy, HEALTHY_TIMEOUT, "the web tier's /healthz", watched)
+
+    def plan_front(self) -> tuple[list[str] | None, str]:
+        """nginx's command line (None for no front) and the address gunicorn binds to."""
+        direct = f"127.0.0.1:{self.web_port}"
+        if settings.FACESITE_FRONT == "none":
+            return None, direct
+        try:
+            nginx = front.ensure_nginx(self.log_dir / "setup.log")
+        except front.FrontUnavailable as error:
+            self.say(
+                f"WARNING: {error}.\n  gunicorn serves port {self.web_port} itself, without the "
+                "nginx front: clients that send their requests slowly can hold all of its "
+                "threads. (FACESITE_FRONT=none says this is intended.)"
+            )
+            return None, direct
+        var_dir = Path(settings.VAR_DIR)
+        socket_path = front.upstream_socket(var_dir)
+        config = front.write_config(
+            front.FrontConfig(
+                listen=direct,
+                upstream=socket_path,
+                run_dir=var_dir / "run" / "front",
+                log_dir=self.log_dir,
+                max_upload_bytes=settings.FACESITE_MAX_UPLOAD_BYTES,
+                reply_timeout=settings.FACESITE_REPLY_TIMEOUT,
+            )
+        )
+        return front.command(nginx, config), f"unix:{socket_path}"
 
     def set_up(self) -> None:
         """The one-off steps, in this process, output to var/log/setup.log."""
@@ -240,10 +295,21 @@ class LocalStack:
             raise StackError(f"manage.py enroll {gallery} failed: see {log.name}")
 
     def add(
-        self, name: str, argv: list[str], stop_timeout: float, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        stop_timeout: float,
+        env: dict[str, str] | None = None,
+        restart: RestartPolicy | None = None,
     ) -> Service:
         service = Service(
-            name, argv, self.log_dir / f"{name}.log", settings.BASE_DIR, stop_timeout, env or {}
+            name,
+            argv,
+            self.log_dir / f"{name}.log",
+            settings.BASE_DIR,
+            stop_timeout,
+            env or {},
+            restart=restart,
         )
         service.start()
         self.services.append(service)
@@ -286,9 +352,16 @@ class LocalStack:
                     f"  web        {self.web_url}/  (POST / with the image in field inputFile)",
                     f"  health     {self.web_url}/healthz",
                     f"  admin      {self.web_url}/admin/",
+                    "  front      "
+                    + (
+                        "nginx, gunicorn behind it on a Unix socket"
+                        if any(s.name == "front" for s in self.services)
+                        else "none: gunicorn serves the web port itself"
+                    ),
                     f"  emulator   {settings.AWS_ENDPOINT_URL}  "
                     f"(prefix {settings.FACESITE_PREFIX})",
                     f"  logs       {self.log_dir}/  ({', '.join(s.name for s in self.services)})",
+                    "A service that dies is restarted (the emulator's death stops everything).",
                     "Ctrl-C stops everything.",
                 ]
             )
@@ -297,10 +370,13 @@ class LocalStack:
     # --- running and stopping ---------------------------------------------------------------
 
     def watch(self) -> int:
+        """Restart what dies until Ctrl-C; 1 when a service can't be restarted (the emulator,
+        or one that keeps dying)."""
         while not self.stop_requested:
             try:
-                self.raise_if_died(self.services)
-            except StackError as error:
+                for service in self.services:
+                    service.supervise(self.say)
+            except ServiceFailed as error:
                 self.say(f"ERROR: {error}\nStopping everything.")
                 return 1
             time.sleep(WATCH_INTERVAL)

@@ -22,7 +22,7 @@ from facesite.config import FacesiteConfig
 
 from .detection import FaceDetector
 from .embedders import Embedder, load_embedder
-from .imaging import ImageSource, load_image, prepare_image, to_rgb
+from .imaging import ImageSource, decode_scale, load_image, prepare_image, to_rgb
 from .results import Face, FaceResult, Recognition
 
 if TYPE_CHECKING:
@@ -141,15 +141,17 @@ class Engine:
         timings.update(
             detect=detected - started, align=aligned - detected, embed=embedded - aligned
         )
+        # Boxes and landmarks in the original image's pixels, even when it was decoded smaller.
+        scale = decode_scale(image)
         faces = []
         for detection, embedding in zip(detections, embeddings, strict=True):
-            landmarks = detection.landmarks.copy()
+            landmarks = detection.landmarks * scale
             landmarks.setflags(write=False)
             embedding = np.array(embedding, dtype=np.float32)
             embedding.setflags(write=False)
             faces.append(
                 Face(
-                    box=tuple(float(v) for v in detection.box),  # type: ignore[arg-type]
+                    box=tuple(float(v) * scale for v in detection.box),  # type: ignore[arg-type]
                     probability=detection.probability,
                     landmarks=landmarks,
                     embedding=embedding,

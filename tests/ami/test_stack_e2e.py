@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -160,14 +161,60 @@ def serve_an_upload_then_stop(stack: RunningStack, image_path: Path, expected: s
             probe.bind(("127.0.0.1", port))
 
 
-def test_a_crashed_piece_stops_the_whole_stack(running_stack):
+def child(stack: RunningStack, fragment: str) -> psutil.Process:
+    """The service runstack started whose command line contains ``fragment``."""
+    assert stack.process is not None
+
+    def matches(process: psutil.Process) -> bool:
+        try:
+            return fragment in " ".join(process.cmdline())
+        except psutil.Error:  # exited (or a zombie not yet reaped)
+            return False
+
+    return next(p for p in psutil.Process(stack.process.pid).children() if matches(p))
+
+
+def replaced(stack: RunningStack, fragment: str, old_pid: int) -> bool:
+    try:
+        return child(stack, fragment).pid != old_pid
+    except StopIteration:
+        return False
+
+
+def healthy(stack: RunningStack) -> bool:
+    try:
+        return requests.get(f"{stack.web_url}/healthz", timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_crashed_services_are_restarted_and_a_dead_emulator_stops_the_stack(running_stack):
     stack = running_stack
     stack.wait_running()
-    started = stack.descendants()
-    scaler = next(p for p in started if "runscaler" in " ".join(p.cmdline()))
+    assert "front      nginx" in stack.output()
+
+    # The scaler, SIGKILLed as an OOM killer would: a new one within 5 s, the stack serving.
+    scaler = child(stack, "runscaler")
     scaler.kill()
+    killed = time.monotonic()
+    wait_until(lambda: replaced(stack, "runscaler", scaler.pid), 5, "a new scaler")
+    assert time.monotonic() - killed < 5
+    assert "scaler exited unexpectedly (status -9); restarting it in 0.5 s" in stack.output()
+    assert "scaler restarted (restart 1)" in stack.output()
+
+    # The web tier's gunicorn master and the nginx front: each replaced, the stack healthy again.
+    for fragment, name in (("gunicorn", "web"), ("nginx", "front")):
+        process = child(stack, fragment)
+        process.kill()
+        wait_until(lambda f=fragment, p=process: replaced(stack, f, p.pid), 10, f"a new {name}")
+        wait_until(lambda: healthy(stack), 120, f"the stack healthy after {name} was killed")
+        assert f"{name} restarted (restart 1)" in stack.output()
+
+    # The emulator holds the stack's whole AWS state: its death stops everything.
+    started = stack.descendants()
+    child(stack, "ami/local/emulator.py").kill()
     assert stack.process.wait(90) == 1
-    assert "scaler exited unexpectedly" in stack.output()
+    assert "moto exited unexpectedly" in stack.output()
     wait_until(lambda: gone(started), 10, "every process runstack started to exit")
 
 

@@ -313,3 +313,24 @@ def test_importing_the_package_does_not_load_torch() -> None:
     )
     assert out.stdout.strip() == "False"
     assert set(engine_package.__all__) >= {"Engine", "get_engine", "load_engine"}
+
+
+def test_boxes_of_a_photo_decoded_smaller_are_in_the_originals_pixels(
+    dlib_engine, single_face_photo
+) -> None:
+    from PIL import Image
+
+    from recognition.engine.imaging import DECODE_MAX_SIDE
+
+    with Image.open(single_face_photo) as photo:
+        photo = photo.convert("RGB")
+    factor = 2 * DECODE_MAX_SIDE / max(photo.size) + 0.5  # well past the reduced-decode size
+    large = photo.resize((round(photo.width * factor), round(photo.height * factor)))
+    buffer = io.BytesIO()
+    large.save(buffer, "JPEG", quality=92)
+    [small_face] = dlib_engine.embed_image(single_face_photo)[:1]
+    [large_face] = dlib_engine.embed_image(buffer.getvalue())[:1]
+    width = small_face.box[2] - small_face.box[0]
+    for small, big in zip(small_face.box, large_face.box, strict=True):
+        assert abs(big / factor - small) < 0.08 * width
+    assert np.allclose(large_face.landmarks / factor, small_face.landmarks, atol=0.08 * width)

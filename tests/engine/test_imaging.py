@@ -2,6 +2,8 @@
 
 import io
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from PIL import Image
 
 from recognition.engine import CorruptImage, ImageError, ImageTooLarge, NotAnImage, load_image
+from recognition.engine.imaging import DECODE_MAX_SIDE, read_header
 from recognition.lifecycle import http_status, outcome_of
 
 MAX_PIXELS = 40_000_000
@@ -173,3 +176,120 @@ def test_sources(tmp_path: Path, single_face_photo: Path) -> None:
         load_image(tmp_path / "missing.jpg", MAX_PIXELS)
     with pytest.raises(TypeError):
         load_image(io.StringIO("not binary"), MAX_PIXELS)
+
+
+# --- the header check and the reduced decode ---------------------------------------------------
+
+
+def big_photo(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """A large image with a little structure (flat colour, a dark square in the middle), cheap
+    to encode and to compress."""
+    image = Image.new(mode, (width, height), "teal" if mode == "RGB" else 90)
+    square = Image.new(mode, (width // 4, height // 4), "black" if mode == "RGB" else 0)
+    image.paste(square, (width * 3 // 8, height * 3 // 8))
+    return image
+
+
+def test_read_header_reads_format_and_size_only() -> None:
+    data = png_claiming(7000, 5000)  # its pixel data would not decode
+    header = read_header(data, MAX_PIXELS)
+    assert (header.format, header.width, header.height) == ("PNG", 7000, 5000)
+    with pytest.raises(CorruptImage):
+        load_image(data, MAX_PIXELS)
+
+
+def test_read_header_refuses_what_load_image_refuses() -> None:
+    with pytest.raises(NotAnImage):
+        read_header(b"hello, world", MAX_PIXELS)
+    with pytest.raises(ImageTooLarge):
+        read_header(png_claiming(10_000, 10_000), MAX_PIXELS)
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "ICO"])
+def test_formats_outside_the_photo_formats_are_not_images(fmt: str) -> None:
+    data = encode(Image.new("RGB", (16, 16), "red"), fmt)
+    for check in (read_header, load_image):
+        with pytest.raises(NotAnImage, match=f"{fmt} format") as caught:
+            check(data, MAX_PIXELS)
+        assert http_status(outcome_of(caught.value)) == 415
+
+
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "L"), ("GIF", "P"), ("TIFF", "RGB")],
+)
+def test_large_images_are_decoded_reduced(fmt: str, mode: str) -> None:
+    original = big_photo(6000, 4000, "RGB" if mode == "P" else mode)
+    if mode == "P":
+        original = original.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    loaded = load_image(encode(original, fmt), MAX_PIXELS, max_side=2560)
+    assert loaded.mode == "RGB"
+    assert DECODE_MAX_SIDE // 2 <= max(loaded.size) <= DECODE_MAX_SIDE
+    assert abs(loaded.width / loaded.height - 1.5) < 0.01  # proportions kept
+    # The same picture: the dark square is still in the middle, the corner still the background.
+    reference = original.convert("RGB").resize(loaded.size, Image.Resampling.BOX)
+    assert np.abs(pixels(loaded) - pixels(reference)).mean() < 4
+
+
+def test_reduced_decode_keeps_orientation() -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    stored = big_photo(6000, 3000)
+    loaded = load_image(encode(stored, "JPEG", exif=exif.tobytes()), MAX_PIXELS)
+    assert loaded.height > loaded.width
+
+
+def test_small_images_are_not_reduced(single_face_photo: Path) -> None:
+    data = single_face_photo.read_bytes()
+    assert load_image(data, MAX_PIXELS).size == Image.open(single_face_photo).size
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_large_image_is_still_corrupt(fmt: str) -> None:
+    data = encode(big_photo(6000, 4000), fmt)
+    assert read_header(data[: len(data) // 2], MAX_PIXELS).width == 6000
+    with pytest.raises(CorruptImage):
+        load_image(data[: len(data) // 2], MAX_PIXELS)
+
+
+_PEAK_RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from recognition.engine.imaging import load_image, read_header
+data = Path(sys.argv[1]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = {"header": read_header, "load": load_image}[sys.argv[2]](data, 40_000_000)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def peak_growth_mib(path: Path, check: str) -> int:
+    """How far the peak RSS of a fresh process rises while it runs ``check`` on ``path``."""
+    from facesite.config import BASE_DIR
+
+    ran = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_SCRIPT, str(path), check],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(ran.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def forty_megapixels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("40mp")
+    image = big_photo(8000, 5000)  # 40 MP, the most allowed
+    paths = {fmt: folder / f"big.{fmt.lower()}" for fmt in ("JPEG", "PNG")}
+    for fmt, path in paths.items():
+        image.save(path, fmt)
+    return paths
+
+
+def test_memory_of_a_40_megapixel_image(forty_megapixels: dict[str, Path]) -> None:
+    # A full RGB decode of 40 MP is 120 MB: the header check must cost next to nothing, the
+    # JPEG's reduced decode a fraction of it (a PNG has to be inflated whole, then reduced).
+    assert peak_growth_mib(forty_megapixels["PNG"], "header") < 10
+    assert peak_growth_mib(forty_megapixels["JPEG"], "header") < 10
+    assert peak_growth_mib(forty_megapixels["JPEG"], "load") < 40

@@ -132,7 +132,26 @@ class FacesiteConfig(BaseSettings):
     security_group: str = ""
     key_name: str = ""
 
+    # --- local emulator (ami/local/realism.py) ---------------------------------------------------
+    # "aws": the emulator imitates AWS's delays and eventual consistency (instances hidden, then
+    # pending; stopping; lagging SQS counts; profile propagation; throttling); "instant": moto's
+    # own instant, always-consistent answers.
+    emulator_realism: Literal["instant", "aws"] = "instant"
+    # Multiplies every emulated delay ("aws" mode): tests run AWS's timing faster (0.2 = 5x).
+    emulator_time_scale: Positive = 1.0
+    # Share of EC2 calls the emulator refuses with RequestLimitExceeded ("aws" mode).
+    emulator_throttle_rate: float = Field(0.02, ge=0, le=1)
+    # Seconds SQS's approximate counts lag the truth ("aws" mode, before the time scale);
+    # unset = the emulator's AWS-like default.
+    emulator_sqs_count_lag: NonNegative | None = None
+
+    @field_validator("emulator_realism", mode="before")
+    @classmethod
+    def _empty_is_instant(cls, value: object) -> object:
+        return "instant" if value == "" else value
+
     @field_validator(
+        "emulator_sqs_count_lag",
         "match_threshold",
         "visibility_timeout",
         "sqs_wait_seconds",

@@ -207,9 +207,7 @@ def _install_instances(realism: Realism) -> None:
                 f"This instance '{self.id}' is not in a state from which it can be stopped.",
             )
         if current in ("shutting-down", "terminated"):
-            raise _ec2_error(
-                "IncorrectInstanceState", f"The instance '{self.id}' is not running."
-            )
+            raise _ec2_error("IncorrectInstanceState", f"The instance '{self.id}' is not running.")
         previous = original_stop(self)
         if current == "running":
             timeline.set("stopping", then="stopped", after=realism.vary(delays.stopping))

@@ -175,7 +175,7 @@ def test_worker_policy_is_least_privilege(settings):
 
 
 def test_builder_script_is_valid_bash_under_16_kb():
-    script = builder_user_data("bucket", "ami-build/abc.tar.gz", "us-east-1")
+    script = builder_user_data("bucket", "ami-build/abc.tar.gz", "us-east-1", "ab" * 32)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     assert len(script.encode()) <= 16 * 1024
     assert "torch==2.13.0 torchvision==0.28.0" in script

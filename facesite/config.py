@@ -113,13 +113,23 @@ class FacesiteConfig(BaseSettings):
     # An idle worker checks whether the queue is empty (to stop its own instance) this often,
     # once it has been idle this long.
     self_stop_interval: Positive = 0.25
-    self_stop_idle: NonNegative = 0.5
+    # Default 0.5 s locally; 60 s on AWS, where the scaler stops idle workers from the request
+    # history and this is only its backstop: by then the worker's own long polls have found the
+    # queue empty for a minute (SQS's counts alone can read 0 while messages wait), and an
+    # instance started again within a minute would be billed its 60-second minimum twice.
+    self_stop_idle: NonNegative | None = None
 
     # --- scaler ----------------------------------------------------------------------------------
     max_instances: int = Field(15, ge=0)
     requests_per_instance: int = Field(1, ge=1)
     warm_pool: int | None = Field(None, ge=0)  # stopped instances kept ready; default = max
-    settle_seconds: NonNegative = 1.0  # empty-queue time before the last instances stop
+    # No-work time before the last instances stop: 1 s locally; 5 s on AWS, where a wrongly
+    # stopped instance costs a restart (~10 s pending) and a second 60-second billing minimum,
+    # while the request history (not SQS's lagging counts) says when work is done.
+    settle_seconds: NonNegative | None = None
+    # Seconds SQS's approximate counts may show more work than the request history before the
+    # scaler believes them (AWS: consistent "at least 1 minute after the producers stop").
+    count_lag_allowance: NonNegative = 60.0
     # Each tick reads EC2 and the queue; on the emulator a describe costs its single core a
     # noticeable share, so ticking faster slows down the work itself.
     scaler_tick: Positive = 0.5
@@ -157,6 +167,8 @@ class FacesiteConfig(BaseSettings):
         "sqs_wait_seconds",
         "warm_pool",
         "stuck_after",
+        "self_stop_idle",
+        "settle_seconds",
         "db_path",
         "gallery_dir",
         "gallery_labels",
@@ -173,6 +185,8 @@ class FacesiteConfig(BaseSettings):
             "visibility_timeout": 10 if local else 60,
             "sqs_wait_seconds": 1 if local else 10,
             "stuck_after": 30.0 if local else 120.0,
+            "self_stop_idle": 0.5 if local else 60.0,
+            "settle_seconds": 1.0 if local else 5.0,
             "warm_pool": self.max_instances,
             "db_path": self.var_dir / "db.sqlite3",
         }

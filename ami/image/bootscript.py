@@ -61,6 +61,7 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_VISIBILITY_TIMEOUT": str(settings.FACESITE_VISIBILITY_TIMEOUT),
         "FACESITE_SQS_WAIT_SECONDS": str(settings.FACESITE_SQS_WAIT_SECONDS),
         "FACESITE_SELF_STOP_INTERVAL": str(settings.FACESITE_SELF_STOP_INTERVAL),
+        "FACESITE_SELF_STOP_IDLE": str(settings.FACESITE_SELF_STOP_IDLE),
         **SINGLE_THREAD_ENVIRONMENT,
     }
 

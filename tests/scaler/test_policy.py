@@ -210,6 +210,62 @@ def test_trickle_keeps_one_instance_without_flapping():
     assert (starts, stops) == (1, 0)
 
 
+# --- lagging SQS counts: the request history decides --------------------------------------------
+
+
+def test_outstanding_requests_scale_out_while_sqs_counts_still_read_zero():
+    # A burst: the history has 40 requests outstanding; SQS's counts have not caught up.
+    d = decide(observe(0.0, outstanding=40, instances=fleet("s" * 15)), CONFIG, PolicyMemory())
+    assert len(d.starts) == 15
+    assert "40 outstanding" in d.of(Kind.START)[0].reason
+
+
+def test_a_stale_sqs_count_does_not_hold_the_fleet_after_the_last_request():
+    # Every request is final, but SQS still counts 30 messages (its counts lag by up to 1 min).
+    instances = fleet("r" * 15)
+    first = decide(
+        observe(0.0, visible=30, outstanding=0, instances=instances), CONFIG, PolicyMemory()
+    )
+    assert first.actions == ()
+    settled = decide(
+        observe(1.0, visible=30, outstanding=0, instances=instances), CONFIG, first.memory
+    )
+    assert len(settled.stops) == 15
+    assert all("no outstanding request" in a.reason for a in settled.of(Kind.STOP))
+
+
+def test_sqs_messages_the_history_does_not_know_get_a_worker_after_count_lag():
+    config = PolicyConfig(warm_pool=0, settle_seconds=1.0, count_lag=60.0)
+    memory, starts = PolicyMemory(), []
+    for tick in range(0, 62):
+        d = decide(
+            observe(float(tick), visible=2, outstanding=0, instances=fleet("ss")), config, memory
+        )
+        memory = d.memory
+        starts.append((tick, d.starts))
+    assert all(started == () for tick, started in starts if tick < 60)
+    assert starts[60][1] == ("i-001", "i-002")
+
+
+def test_never_a_stop_while_the_history_has_work_even_if_sqs_reads_zero():
+    memory = PolicyMemory()
+    for tick in range(40):
+        d = decide(observe(tick * 0.25, outstanding=3, instances=fleet("rrr")), CONFIG, memory)
+        assert d.stops == ()
+        memory = d.memory
+
+
+def test_an_unreadable_history_falls_back_to_sqs_counts():
+    d = run(CONFIG, None, *(observe(t, visible=0, instances=fleet("rr")) for t in (0.0, 1.0)))
+    assert d.stops == ("i-001", "i-002")
+    d = decide(
+        observe(0.0, visible=None, in_flight=None, outstanding=None, instances=fleet("s")),
+        CONFIG,
+        PolicyMemory(),
+    )
+    assert d.actions == () and d.desired is None
+
+
 def test_restart_with_unknown_history_does_not_scale_in_at_once():
     instances = fleet("rrr")
     d = decide(observe(1000.0, instances=instances), CONFIG, PolicyMemory())

@@ -49,12 +49,9 @@ from ami.image.bootscript import (
     render_template,
 )
 from facesite import aws
+from facesite.aws.iam import ensure_worker_role
 from facesite.aws.names import BUILT_AT_TAG, Names, Role, State
-from facesite.aws.provision import (
-    ProvisionError,
-    ensure_worker_role,
-    ensure_worker_security_group,
-)
+from facesite.aws.provision import ProvisionError, ensure_worker_security_group
 
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 SOURCE_TAG = "facesite:source"
@@ -218,8 +215,8 @@ class BuildPlan:
             f"- IAM role and instance profile '{self.profile}' (create or update): S3 get on "
             f"{names.input_bucket} and {names.gallery_bucket}, put on {names.output_bucket}; "
             "SQS receive/delete/change-visibility/get-attributes on "
-            f"{names.request_queue}, send on {names.response_queue}; ec2:StopInstances on "
-            f"this prefix's {Role.APP_TIER} instances",
+            f"{names.request_queue}, send on {names.response_queue}; no EC2 permission (an "
+            "idle worker powers its instance off from the OS)",
             f"- security group '{names.worker_security_group}' in the default VPC, no inbound "
             "rules",
         ]

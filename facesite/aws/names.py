@@ -105,6 +105,20 @@ class Names:
     def worker_security_group(self) -> str:
         return f"{self.prefix}-worker-sg"
 
+    @property
+    def web_role(self) -> str:
+        """The web tier's IAM role and instance profile (web-instance runs with it)."""
+        return f"{self.prefix}-web"
+
+    @property
+    def scaler_role(self) -> str:
+        """The scaler's IAM role, assumed from the web role on web-instance."""
+        return f"{self.prefix}-scaler"
+
+    @property
+    def web_security_group(self) -> str:
+        return f"{self.prefix}-web-sg"
+
     def image_name(self, stamp: str) -> str:
         return f"{self.prefix}-worker-{stamp}"
 

@@ -1,6 +1,6 @@
 """Creating this deployment's AWS resources, idempotently, on the emulator or on AWS: buckets,
-queues (with the request queue's dead-letter queue), the workers' IAM role and instance profile,
-and their security group. `manage.py provision` and `manage.py buildami` call these.
+queues (with the request queue's dead-letter queue) and security groups. The IAM roles are in
+facesite/aws/iam.py. `manage.py provision`, `buildami` and `deploy` call these.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from facesite.aws.clients import client
-from facesite.aws.names import PREFIX_TAG, REQUEST_MAX_MESSAGE_BYTES, ROLE_TAG, Names, Role
+from facesite.aws.names import PREFIX_TAG, REQUEST_MAX_MESSAGE_BYTES, Names
 
 
 class ProvisionError(Exception):
@@ -95,110 +95,6 @@ def provision_storage(names: Names, visibility_timeout: int, max_receives: int) 
 
 
 # --- IAM and the security group ------------------------------------------------------------------
-
-EC2_TRUST_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-
-
-def worker_policy(names: Names) -> dict[str, Any]:
-    """What a worker may do, and nothing else."""
-
-    def objects(bucket: str) -> str:
-        return f"arn:aws:s3:::{bucket}/*"
-
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadUploads",
-                "Effect": "Allow",
-                # Uploads are read by version: the input bucket is versioned.
-                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                "Resource": objects(names.input_bucket),
-            },
-            {
-                "Sid": "WriteResults",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject"],
-                "Resource": objects(names.output_bucket),
-            },
-            {
-                "Sid": "ReadGallery",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": objects(names.gallery_bucket),
-            },
-            {
-                "Sid": "TakeRequests",
-                "Effect": "Allow",
-                "Action": [
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes",
-                ],
-                "Resource": names.queue_arn(names.request_queue),
-            },
-            {
-                "Sid": "SendResults",
-                "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
-                "Resource": names.queue_arn(names.response_queue),
-            },
-            {
-                "Sid": "StopIdleWorkers",
-                "Effect": "Allow",
-                "Action": ["ec2:StopInstances"],
-                "Resource": f"arn:aws:ec2:{names.region}:{names.account}:instance/*",
-                "Condition": {
-                    "StringEquals": {
-                        f"aws:ResourceTag/{PREFIX_TAG}": names.prefix,
-                        f"aws:ResourceTag/{ROLE_TAG}": str(Role.APP_TIER),
-                    }
-                },
-            },
-        ],
-    }
-
-
-def ensure_worker_role(names: Names) -> str:
-    """The workers' role and instance profile, created or brought up to date; returns its ARN."""
-    iam = client("iam")
-    profile_name = names.worker_profile
-    try:
-        iam.get_role(RoleName=profile_name)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        iam.create_role(
-            RoleName=profile_name,
-            AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY),
-            Description=f"facesite workers of prefix {names.prefix}",
-            Tags=[{"Key": PREFIX_TAG, "Value": names.prefix}],
-        )
-    # Written every time: a rebuilt image also brings the policy up to date.
-    iam.put_role_policy(
-        RoleName=profile_name,
-        PolicyName="facesite-worker",
-        PolicyDocument=json.dumps(worker_policy(names)),
-    )
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        profile = iam.create_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
-    if profile_name not in {role["RoleName"] for role in profile.get("Roles", [])}:
-        iam.add_role_to_instance_profile(InstanceProfileName=profile_name, RoleName=profile_name)
-    return profile["Arn"]
 
 
 def ensure_worker_security_group(names: Names) -> str:

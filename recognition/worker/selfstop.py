@@ -19,6 +19,7 @@ from django.conf import settings
 
 from facesite import aws
 from facesite.aws import readers
+from facesite.aws.instance import stop_own_instance
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def self_stop_loop(instance: str, interval: float, idle_after: float) -> None:
                 # is slow to hand it out: check less and less often rather than add to the load.
                 pause = min(pause * 2, BUSY_QUEUE_RECHECK_MAX_SECONDS)
                 continue
-            aws.client("ec2").stop_instances(InstanceIds=[instance])
+            stop_own_instance(instance)
         except Exception:
             logger.exception("self-stop check failed; retrying")
             continue

@@ -6,6 +6,11 @@ set -euxo pipefail
 exec > >(tee -a /var/log/facesite-build.log > /dev/console) 2>&1
 dnf install -y python3.11 python3.11-pip tar gzip
 useradd --system --home-dir /opt/facesite --shell /sbin/nologin facesite
+# An idle worker stops its instance by powering the OS off (instances are launched with
+# InstanceInitiatedShutdownBehavior=stop): its IAM role has no EC2 permission at all.
+echo 'facesite ALL=(root) NOPASSWD: /usr/bin/systemctl poweroff' > /etc/sudoers.d/facesite-poweroff
+chmod 0440 /etc/sudoers.d/facesite-poweroff
+visudo -cf /etc/sudoers.d/facesite-poweroff
 python3.11 -m venv ${venv_dir}
 ${pip} boto3==${boto3_version}
 # The code, with the instance profile's credentials (the worker role reads the gallery bucket):

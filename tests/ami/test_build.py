@@ -22,8 +22,8 @@ from ami.image.build import (
 )
 from ami.image.lookup import current_image_id
 from facesite import aws
-from facesite.aws.names import PREFIX_TAG, ROLE_TAG, Names, Role
 from facesite.aws.iam import worker_policy
+from facesite.aws.names import PREFIX_TAG, ROLE_TAG, Names, Role
 from tests.ami.conftest import use_prefix
 
 BUILDER_ROLE = str(Role.AMI_BUILDER)

@@ -85,6 +85,8 @@ class FacesiteConfig(BaseSettings):
     # Short locally, so a message held by a killed worker comes back quickly.
     visibility_timeout: int | None = Field(None, ge=1, le=43200)
     max_receives: int = Field(5, ge=1)  # deliveries before a message goes to the DLQ
+    # Days uploaded face images (and their replaced versions) are kept in the input bucket.
+    input_retention_days: int = Field(7, ge=1)
     # Long polls are short locally: moto keeps serving a poll whose client was killed, holding
     # the next message in flight for the whole visibility timeout.
     sqs_wait_seconds: int | None = Field(None, ge=0, le=20)

@@ -21,7 +21,10 @@ class Command(BaseCommand):
         target = settings.AWS_ENDPOINT_URL or f"AWS {settings.AWS_REGION}"
         self.stdout.write(f"Provisioning prefix '{names.prefix}' on {target}")
         resources = provision_storage(
-            names, settings.FACESITE_VISIBILITY_TIMEOUT, settings.FACESITE_MAX_RECEIVES
+            names,
+            settings.FACESITE_VISIBILITY_TIMEOUT,
+            settings.FACESITE_MAX_RECEIVES,
+            settings.FACESITE_INPUT_RETENTION_DAYS,
         )
         for name, state in resources.items():
             self.stdout.write(f"  {name}: {state}")

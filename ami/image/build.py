@@ -310,17 +310,24 @@ def register_local_image(plan: BuildPlan) -> str:
     return image
 
 
-def build_on_aws(plan: BuildPlan, security_group_id: str, say: Say) -> str:
-    archive = plan.source.archive()
+def upload_source(source: SourceTree, bucket: str, say: Say) -> tuple[str, str]:
+    """Put `git archive` of the commit in `bucket` (once: its key is its sha256); returns
+    (key, sha256)."""
+    archive = source.archive()
     digest = hashlib.sha256(archive).hexdigest()
     key = f"{SOURCE_KEY_PREFIX}{digest}.tar.gz"
     s3 = aws.client("s3")
     try:
-        s3.head_object(Bucket=plan.bucket, Key=key)
-        say(f"source s3://{plan.bucket}/{key} already uploaded")
+        s3.head_object(Bucket=bucket, Key=key)
+        say(f"source s3://{bucket}/{key} already uploaded")
     except ClientError:
-        s3.put_object(Bucket=plan.bucket, Key=key, Body=archive)
-        say(f"uploaded source ({len(archive) // 1024} KB) to s3://{plan.bucket}/{key}")
+        s3.put_object(Bucket=bucket, Key=key, Body=archive)
+        say(f"uploaded source ({len(archive) // 1024} KB) to s3://{bucket}/{key}")
+    return key, digest
+
+
+def build_on_aws(plan: BuildPlan, security_group_id: str, say: Say) -> str:
+    key, digest = upload_source(plan.source, plan.bucket, say)
 
     ec2 = aws.client("ec2")
     base = (
@@ -331,7 +338,7 @@ def build_on_aws(plan: BuildPlan, security_group_id: str, say: Say) -> str:
     builder = launch_builder(plan, base, security_group_id, user_data, say)
     say(f"builder {builder} launched from {base}; waiting for it to install and power off")
     try:
-        wait_for_instance(ec2, builder, State.STOPPED, plan, say)
+        wait_for_instance(ec2, builder, State.STOPPED, plan.timeout, plan.poll, say)
         image = ec2.create_image(
             InstanceId=builder,
             Name=plan.image_name,
@@ -386,9 +393,15 @@ def launch_builder(
         ],
         "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
     }
+    return run_instance(request, say, retry_every=min(plan.poll, PROFILE_RETRY_SECONDS))
+
+
+def run_instance(request: dict[str, Any], say: Say, retry_every: float) -> str:
+    """RunInstances for one instance; returns its id. A new instance profile takes a few seconds
+    to reach EC2, which meanwhile calls it invalid: that one error is retried, for up to
+    PROFILE_PROPAGATION_TIMEOUT. (Throttling is the clients' retry policy's.)"""
     ec2 = aws.client("ec2")
-    # A new instance profile takes a few seconds to reach EC2, which meanwhile calls it invalid:
-    # that one error is retried, for up to PROFILE_PROPAGATION_TIMEOUT.
+    profile = request.get("IamInstanceProfile", {}).get("Name", "")
     deadline = time.monotonic() + PROFILE_PROPAGATION_TIMEOUT
     while True:
         try:
@@ -400,17 +413,17 @@ def launch_builder(
             )
             if not profile_not_ready or time.monotonic() > deadline:
                 raise
-            say(
-                f"instance profile {plan.profile} not usable by EC2 yet (IAM propagation); retrying"
-            )
-            time.sleep(min(plan.poll, PROFILE_RETRY_SECONDS))
+            say(f"instance profile {profile} not usable by EC2 yet (IAM propagation); retrying")
+            time.sleep(retry_every)
 
 
-def wait_for_instance(ec2: Any, instance_id: str, target: State, plan: BuildPlan, say: Say) -> None:
+def wait_for_instance(
+    ec2: Any, instance_id: str, target: State, timeout: float, poll: float, say: Say
+) -> None:
     """Poll until the instance is in `target`. Not found (EC2 has not caught up with the launch)
     and every other live state are waited through; only `terminated`/`shutting-down` (when not
     the target) or the timeout fail. Throttling is retried by the clients' retry policy."""
-    deadline = time.monotonic() + plan.timeout
+    deadline = time.monotonic() + timeout
     last = None
     while True:
         state = _instance_state(ec2, instance_id)
@@ -419,14 +432,14 @@ def wait_for_instance(ec2: Any, instance_id: str, target: State, plan: BuildPlan
             last = state
         if state == target:
             return
-        if state in (State.SHUTTING_DOWN, State.TERMINATED):
+        if target != State.TERMINATED and state in (State.SHUTTING_DOWN, State.TERMINATED):
             raise BuildError(f"{instance_id} is {state}: it will never be {target}")
         if time.monotonic() > deadline:
             raise BuildError(
-                f"{instance_id} was not {target} after {plan.timeout:.0f} s (last seen: "
+                f"{instance_id} was not {target} after {timeout:.0f} s (last seen: "
                 f"{state or 'not visible'})"
             )
-        time.sleep(plan.poll)
+        time.sleep(poll)
 
 
 def _instance_state(ec2: Any, instance_id: str) -> State | None:

@@ -32,6 +32,9 @@ have shown, above the history's, for `count_lag` seconds: messages no request ro
 5. Warm pool, also only when settled: instances are launched until `warm_pool` exist; rule 4 stops
    each one as soon as it runs, so "prepare" needs no action of its own. Stopped instances beyond
    the pool are terminated.
+6. Refresh, every tick: stopped instances the driver marks stale (launched from an older image or
+   with another configuration) are terminated, never started; rules 3 and 5 launch their
+   replacements from the current image.
 
 Failures: the loop hands back the outcome of the previous tick's actions. A launch whose outcome
 is unknown keeps its reservation and is re-issued with the same generation (the driver turns name,
@@ -76,6 +79,8 @@ class Instance:
     number: int
     state: State
     launched_at: float | None = None
+    # Launched from another image or configuration than the current ones (the driver decides).
+    stale: bool = False
 
     @property
     def name(self) -> str:
@@ -247,6 +252,7 @@ def decide(observation: Observation, config: PolicyConfig, memory: PolicyMemory)
         if waited and obs.last_work_at is not None:
             plan.stop_stuck(running_since, obs.last_work_at)
         plan.enforce_cap()
+        plan.retire_stale()
         if work > 0:
             plan.scale_out(desired, summary)
         elif empty_since is not None and now - empty_since >= config.settle_seconds:
@@ -421,6 +427,16 @@ class _Plan:
         if excess > 0 and self.allowed(Kind.TERMINATE):
             for instance in self.in_state(State.STOPPED)[::-1][:excess]:
                 self.act(Kind.TERMINATE, instance, f"over the cap: more than {cap} instances")
+
+    def retire_stale(self) -> None:
+        """Stopped instances of an older image or configuration are terminated: starting one
+        would serve with the old build. Their replacements are launched by the warm-pool rule
+        (or by scale-out, when there is work); running ones are left to finish and stop."""
+        if not self.allowed(Kind.TERMINATE):
+            return
+        for instance in self.in_state(State.STOPPED):
+            if instance.stale:
+                self.act(Kind.TERMINATE, instance, "stale: an older image or configuration")
 
     def scale_out(self, desired: int, summary: str) -> None:
         need = desired - self.active_count()

@@ -17,6 +17,10 @@ PREFIX_TAG = "facesite:prefix"
 ROLE_TAG = "facesite:role"
 # On app-tier instances: the run_instances ClientToken, so a retried launch finds its instance.
 LAUNCH_TOKEN_TAG = "facesite:launch-token"
+# On app-tier instances: the image they were launched from and a digest of their user data
+# (their configuration), so stopped instances of an older build are replaced (scaler/fleet.py).
+IMAGE_TAG = "facesite:image"
+CONFIG_TAG = "facesite:config"
 # On worker images: when the build finished (orders two images created in the same second).
 BUILT_AT_TAG = "facesite:built-at"
 

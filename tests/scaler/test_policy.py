@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -264,6 +265,43 @@ def test_an_unreadable_history_falls_back_to_sqs_counts():
         PolicyMemory(),
     )
     assert d.actions == () and d.desired is None
+
+
+# --- refresh: stale stopped instances are replaced ------------------------------------------------
+
+
+def stale(instances, *numbers):
+    return tuple(
+        dataclasses.replace(i, stale=True) if i.number in numbers else i for i in instances
+    )
+
+
+def test_stale_stopped_instances_are_terminated_and_the_pool_refilled():
+    config = PolicyConfig(warm_pool=3, settle_seconds=1.0)
+    instances = stale(fleet("sss"), 1, 3)
+    first = decide(observe(0.0, instances=instances), config, PolicyMemory())
+    assert first.terminates == ("i-001", "i-003")
+    assert all("stale" in a.reason for a in first.of(Kind.TERMINATE))
+    # Settled, with the two shutting down: replacements are launched from the current image.
+    later = decide(observe(1.0, instances=fleet("xsx")), config, first.memory)
+    assert later.launches == ("app-tier-instance-4", "app-tier-instance-5")
+    # ...or, with the stale instances gone, under their freed numbers.
+    gone = decide(observe(1.0, instances=fleet("tst")), config, first.memory)
+    assert gone.launches == ("app-tier-instance-1", "app-tier-instance-3")
+
+
+def test_a_burst_starts_current_instances_and_never_a_stale_one():
+    instances = stale(fleet("ssss"), 2, 4)
+    d = decide(observe(0.0, visible=4, instances=instances), CONFIG, PolicyMemory())
+    assert d.starts == ("i-001", "i-003")
+    assert d.terminates == ("i-002", "i-004")
+    assert len(d.launches) == 2  # the shortfall, from the current image
+
+
+def test_a_running_stale_instance_keeps_working():
+    instances = stale(fleet("r"), 1)
+    d = decide(observe(0.0, visible=1, instances=instances), CONFIG, PolicyMemory())
+    assert d.actions == ()
 
 
 def test_restart_with_unknown_history_does_not_scale_in_at_once():

@@ -74,17 +74,16 @@ def _local() -> bool:
 
 
 def deployment_names() -> Names:
-    """This deployment's names with the account id STS reports for the credentials in use (on
-    AWS the configured one could be a placeholder; queue URLs and ARNs must be exact)."""
+    """This deployment's names, checked against the account STS reports for the credentials in
+    use: queue URLs, ARNs and bucket names must carry the right one."""
     names = aws.names()
     account = aws.client("sts").get_caller_identity()["Account"]
-    return Names(
-        prefix=names.prefix,
-        region=names.region,
-        account=account,
-        sqs_endpoint=names.sqs_endpoint,
-        instance_profile_override=names.instance_profile_override,
-    )
+    if account != names.account:
+        raise DeployError(
+            f"FACESITE_AWS_ACCOUNT_ID is {names.account} but the credentials are of account "
+            f"{account}: unset it, or use that account's credentials"
+        )
+    return names
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -215,6 +214,7 @@ def web_environment(names: Names, public_ip: str, worker_group: str) -> dict[str
         "FACESITE_PREFIX": names.prefix,
         "AWS_DEFAULT_REGION": names.region,
         "FACESITE_AWS_ACCOUNT_ID": names.account,
+        "FACESITE_BUCKET_SUFFIX": names.bucket_suffix,
         "FACESITE_AWS_ENDPOINT": "",
         "DJANGO_ALLOWED_HOSTS": hosts,
         "FACESITE_BIND": "127.0.0.1:8000",

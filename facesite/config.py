@@ -22,6 +22,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_ENDPOINT = "http://127.0.0.1:5000"
 # moto's account: queue URLs on the emulator carry it.
 EMULATOR_ACCOUNT_ID = "123456789012"
+# Public (it is in this file): refused by the web tier on AWS.
+DEVELOPMENT_SECRET_KEY = "facesite-local-development-key-not-for-production"
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -46,22 +48,30 @@ class FacesiteConfig(BaseSettings):
     # The AWS endpoint; the local emulator by default, an empty value means real AWS.
     aws_endpoint: str = LOCAL_ENDPOINT
     region: str = Field("us-east-1", validation_alias=_alias("AWS_DEFAULT_REGION"))
-    # The account in the queue URLs (`manage.py provision` prints yours on AWS).
-    aws_account_id: str = Field(EMULATOR_ACCOUNT_ID, pattern=r"^\d{12}$")
+    # The account in queue URLs and ARNs: moto's on the emulator; on AWS, unset = asked of STS
+    # once at start-up (the credentials' own account), never a placeholder.
+    aws_account_id: str | None = Field(None, pattern=r"^\d{12}$")
+    # Appended to bucket names (which are global across all AWS accounts): unset = none on the
+    # emulator, the account id on AWS, e.g. facesite-in-bucket-123456789012.
+    bucket_suffix: str | None = Field(None, pattern=r"^[a-z0-9-]{0,24}$")
     var_dir: Path = BASE_DIR / "var"  # runtime files: SQLite database, logs
     db_path: Path | None = None  # default: <var_dir>/db.sqlite3
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- Django ----------------------------------------------------------------------------------
     secret_key: str = Field(
-        "facesite-local-development-key-not-for-production",
+        DEVELOPMENT_SECRET_KEY,
         validation_alias=_alias("DJANGO_SECRET_KEY"),
     )
     debug: bool = Field(False, validation_alias=_alias("DJANGO_DEBUG"))
     allowed_hosts: str = Field(
         "127.0.0.1,localhost,[::1]", validation_alias=_alias("DJANGO_ALLOWED_HOSTS")
     )
-    admin_password: str = "admin"  # the local stack's admin user, when it creates one
+    # The admin user's password: "admin" on the local stack; on AWS it must be set (deploy
+    # keeps it in SSM), like DJANGO_SECRET_KEY: see `require_secure_web`.
+    admin_password: str | None = None
+    # Session and CSRF cookies only over HTTPS: on by default on AWS.
+    secure_cookies: bool | None = None
     # What the local stack enrolls at start (one sub-folder per identity, or a flat folder
     # labelled by an `Image,Results` CSV as the course's); `make run` sets them.
     gallery_dir: Path | None = None
@@ -164,6 +174,10 @@ class FacesiteConfig(BaseSettings):
 
     @field_validator(
         "emulator_sqs_count_lag",
+        "aws_account_id",
+        "bucket_suffix",
+        "admin_password",
+        "secure_cookies",
         "match_threshold",
         "visibility_timeout",
         "sqs_wait_seconds",
@@ -188,6 +202,10 @@ class FacesiteConfig(BaseSettings):
             "sqs_wait_seconds": 1 if local else 10,
             "stuck_after": 30.0 if local else 120.0,
             "self_stop_idle": 0.5 if local else 60.0,
+            "aws_account_id": EMULATOR_ACCOUNT_ID if local else None,
+            "bucket_suffix": "" if local else None,  # on AWS: the account id, once known
+            "admin_password": "admin" if local else None,
+            "secure_cookies": not local,
             "settle_seconds": 1.0 if local else 5.0,
             "warm_pool": self.max_instances,
             "db_path": self.var_dir / "db.sqlite3",
@@ -196,6 +214,19 @@ class FacesiteConfig(BaseSettings):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         return self
+
+    def require_secure_web(self) -> None:
+        """The web tier on AWS refuses to start with the public development key or without an
+        admin password (ConfigError names what is missing)."""
+        if self.is_local:
+            return
+        missing = []
+        if self.secret_key == DEVELOPMENT_SECRET_KEY:
+            missing.append("DJANGO_SECRET_KEY (the default is public)")
+        if not self.admin_password:
+            missing.append("FACESITE_ADMIN_PASSWORD")
+        if missing:
+            raise ConfigError(f"on AWS the web tier needs {' and '.join(missing)}")
 
     @property
     def is_local(self) -> bool:

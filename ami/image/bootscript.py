@@ -44,6 +44,7 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_PREFIX": settings.FACESITE_PREFIX,
         "AWS_DEFAULT_REGION": settings.AWS_REGION,
         "FACESITE_AWS_ACCOUNT_ID": settings.FACESITE_AWS_ACCOUNT_ID,
+        "FACESITE_BUCKET_SUFFIX": settings.FACESITE_BUCKET_SUFFIX,
         # Always written: unset means "the local emulator" to facesite.settings, so real AWS
         # must be spelled as the empty value.
         "FACESITE_AWS_ENDPOINT": settings.AWS_ENDPOINT_URL or "",

@@ -74,19 +74,25 @@ class Names:
     # Queue URLs start here: the emulator's endpoint, or SQS's regional one on AWS.
     sqs_endpoint: str = ""
     instance_profile_override: str = ""
+    # Bucket names are global across AWS accounts: on AWS they end with this (the account id).
+    bucket_suffix: str = ""
+
+    def _bucket(self, kind: str) -> str:
+        base = f"{self.prefix}-{kind}-bucket"
+        return f"{base}-{self.bucket_suffix}" if self.bucket_suffix else base
 
     @property
     def input_bucket(self) -> str:
-        return f"{self.prefix}-in-bucket"
+        return self._bucket("in")
 
     @property
     def output_bucket(self) -> str:
-        return f"{self.prefix}-out-bucket"
+        return self._bucket("out")
 
     @property
     def gallery_bucket(self) -> str:
         """Gallery snapshots for the workers, kept apart so in/out hold only requests."""
-        return f"{self.prefix}-gallery-bucket"
+        return self._bucket("gallery")
 
     @property
     def request_queue(self) -> str:

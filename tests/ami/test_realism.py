@@ -306,3 +306,19 @@ def test_buildami_waits_through_hidden_pending_and_running_builders(on_realistic
     assert any("IAM propagation" in line for line in said)
     image = ec2.describe_images(ImageIds=[result.image_id])["Images"][0]
     assert image["State"] == "available"
+
+
+def test_botocores_instance_stopped_waiter_fails_on_a_pending_instance(realistic):
+    """Why buildami has waits of its own: this waiter is what it used to call right after
+    launching the builder, and it gives up at the first `pending`."""
+    from botocore.exceptions import WaiterError
+
+    ec2 = client(realistic, "ec2")
+    instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+    wait_until(lambda: state_of(ec2, instance_id) == "pending", 5, "visible")
+    with pytest.raises(WaiterError, match="pending"):
+        ec2.get_waiter("instance_stopped").wait(
+            InstanceIds=[instance_id], WaiterConfig={"Delay": 1, "MaxAttempts": 3}
+        )

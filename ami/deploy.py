@@ -33,9 +33,11 @@ from ami.image.bootscript import USER_DATA_LIMIT, render_boot_env_lines, render_
 from ami.image.build import (
     AL2023_PARAMETER,
     APP_DIR,
+    COMMIT_TAG,
     TORCH_CPU_INDEX,
     VENV_DIR,
     BuildError,
+    BuildResult,
     build,
     pinned_version,
     plan_build,
@@ -45,10 +47,15 @@ from ami.image.build import (
 )
 from ami.image.lookup import current_image_id
 from facesite import aws
-from facesite.aws.iam import ensure_roles, role_arn
+from facesite.aws.iam import ensure_roles, ensure_worker_role, role_arn
 from facesite.aws.iam import roles as role_names
 from facesite.aws.names import PREFIX_TAG, WEB_INSTANCE_NAME, Names, Role, State
-from facesite.aws.provision import ensure_web_security_group, provision_storage
+from facesite.aws.provision import (
+    ProvisionError,
+    ensure_web_security_group,
+    ensure_worker_security_group,
+    provision_storage,
+)
 
 Say = Callable[[str], None]
 
@@ -141,9 +148,12 @@ def deploy(names: Names, say: Say, poll: float = 5.0, timeout: float = 600.0) ->
         say(f"IAM role {role}: {arn}")
         result.resources[role] = arn
 
+    plan = plan_build()
     try:
-        built = build(plan_build(), say=lambda line: say(f"  {line}"))
-    except BuildError as error:
+        built = reuse_image(names, plan.source.commit, say) or build(
+            plan, say=lambda line: say(f"  {line}")
+        )
+    except (BuildError, ProvisionError) as error:
         raise DeployError(f"the worker image: {error}") from error
     result.resources["worker image"] = built.image_id
     web_group = ensure_web_security_group(names)
@@ -155,16 +165,42 @@ def deploy(names: Names, say: Say, poll: float = 5.0, timeout: float = 600.0) ->
 
     address = ensure_elastic_ip(names)
     say(f"Elastic IP {address['PublicIp']} ({address['AllocationId']})")
-    instance = ensure_web_instance(names, web_group, address["PublicIp"], built, say, poll)
+    instance = ensure_web_instance(
+        names, web_group, address["PublicIp"], built, plan.source.commit, say, poll
+    )
     say(f"{WEB_INSTANCE_NAME}: {instance}")
     wait_for_instance(aws.client("ec2"), instance, State.RUNNING, timeout, poll, say)
     if address.get("InstanceId") != instance:
+        # Moved from a replaced web-instance, if there was one.
         aws.client("ec2").associate_address(
-            AllocationId=address["AllocationId"], InstanceId=instance
+            AllocationId=address["AllocationId"], InstanceId=instance, AllowReassociation=True
         )
     result.resources[WEB_INSTANCE_NAME] = instance
     result.url = f"http://{address['PublicIp']}/"
     return result
+
+
+def reuse_image(names: Names, commit: str, say: Say) -> BuildResult | None:
+    """An available worker image of this prefix built from `commit`, with the role and security
+    group brought up to date: a redeploy of the same commit builds nothing (on AWS a build
+    takes half an hour)."""
+    images = aws.client("ec2").describe_images(
+        Owners=["self"],
+        Filters=[
+            *names.tag_filters(Role.WORKER_IMAGE),
+            {"Name": f"tag:{COMMIT_TAG}", "Values": [commit]},
+            {"Name": "state", "Values": ["available"]},
+        ],
+    )["Images"]
+    if not images:
+        return None
+    image = max(images, key=lambda i: i["CreationDate"])["ImageId"]
+    say(f"worker image {image} is of commit {commit[:12]}: kept")
+    return BuildResult(
+        image_id=image,
+        instance_profile=ensure_worker_role(names),
+        security_group_id=ensure_worker_security_group(names),
+    )
 
 
 def ensure_secret(names: Names, what: str) -> bool:
@@ -272,9 +308,17 @@ def web_user_data(names: Names, public_ip: str, worker_group: str, key: str, sha
 
 
 def ensure_web_instance(
-    names: Names, web_group: str, public_ip: str, built: Any, say: Say, poll: float
+    names: Names,
+    web_group: str,
+    public_ip: str,
+    built: BuildResult,
+    commit: str,
+    say: Say,
+    poll: float,
 ) -> str:
-    """The running (or starting) web-instance; launched when there is none."""
+    """The running (or starting) web-instance of `commit`: kept if there is one, launched if
+    there is none, replaced if it runs another commit (its data is SQLite on its own volume:
+    the replacement starts with an empty history and gallery database)."""
     ec2 = aws.client("ec2")
     existing = [
         i
@@ -292,10 +336,17 @@ def ensure_web_instance(
     ]
     if existing:
         instance = existing[0]
-        if instance["State"]["Name"] == "stopped":
-            ec2.start_instances(InstanceIds=[instance["InstanceId"]])
-        say(f"{WEB_INSTANCE_NAME} exists ({instance['State']['Name']}): kept")
-        return instance["InstanceId"]
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        if tags.get(COMMIT_TAG) == commit:
+            if instance["State"]["Name"] == "stopped":
+                ec2.start_instances(InstanceIds=[instance["InstanceId"]])
+            say(f"{WEB_INSTANCE_NAME} exists ({instance['State']['Name']}): kept")
+            return instance["InstanceId"]
+        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        say(
+            f"{WEB_INSTANCE_NAME} {instance['InstanceId']} runs commit "
+            f"{tags.get(COMMIT_TAG, '?')[:12]}: terminated, replaced by one of {commit[:12]}"
+        )
     if _local():
         base, user_data = current_image_id(), ""
     else:
@@ -317,7 +368,13 @@ def ensure_web_instance(
             }
         ],
         "TagSpecifications": [
-            {"ResourceType": "instance", "Tags": names.tags(Role.WEB, WEB_INSTANCE_NAME)},
+            {
+                "ResourceType": "instance",
+                "Tags": [
+                    *names.tags(Role.WEB, WEB_INSTANCE_NAME),
+                    {"Key": COMMIT_TAG, "Value": commit},
+                ],
+            },
             {"ResourceType": "volume", "Tags": names.tags(Role.WEB, WEB_INSTANCE_NAME)},
         ],
         # The same request twice (a retried deploy) launches one instance.

@@ -97,9 +97,10 @@ def test_deploy_twice_then_teardown_leaves_nothing_tagged(emulator, settings):
         Name=f"/{names.prefix}/django-secret-key", WithDecryption=True
     )["Parameter"]["Value"]
 
-    # Idempotent: the same web-instance, address and secrets; buildami adds its new image only.
+    # Idempotent: the same image, web-instance, address and secrets.
     second = run("deploy", "--poll", "0.1")
     assert f"{WEB_INSTANCE_NAME} exists (running): kept" in second
+    assert "is of commit" in second and find_tagged(names).images == found.images
     again = find_tagged(names)
     assert [i for i in again.instances if i[1] == WEB_INSTANCE_NAME] == web
     assert again.addresses == found.addresses
@@ -109,6 +110,16 @@ def test_deploy_twice_then_teardown_leaves_nothing_tagged(emulator, settings):
         )["Parameter"]["Value"]
         == secret
     )
+
+    # A web-instance of another commit is replaced, and the address moves to the new one.
+    ec2.create_tags(Resources=[web[0][0]], Tags=[{"Key": "facesite:commit", "Value": "0" * 40}])
+    third = run("deploy", "--poll", "0.1")
+    assert "terminated, replaced by one of" in third
+    replaced = [i for i in find_tagged(names).instances if i[1] == WEB_INSTANCE_NAME]
+    current = [i for i in replaced if i[0] != web[0][0] and i[2] == "running"]
+    assert len(current) == 1
+    address = ec2.describe_addresses(AllocationIds=[found.addresses[0][0]])["Addresses"][0]
+    assert address["InstanceId"] == current[0][0]
 
     # A stopped app-tier instance (the warm pool) is ours too.
     warm = ec2.run_instances(
@@ -128,7 +139,12 @@ def test_deploy_twice_then_teardown_leaves_nothing_tagged(emulator, settings):
     ec2.stop_instances(InstanceIds=[warm])
     wait_until(lambda: state(warm) == ["stopped"], 10, "the warm instance stopped")
     plan = run("teardown", "--dry-run", "--delete-data")
-    for expected in (WEB_INSTANCE_NAME, "app-tier-instance-1", names.web_role, names.input_bucket):
+    for expected in (
+        WEB_INSTANCE_NAME,
+        "app-tier-instance-1",
+        names.web_role,
+        names.input_bucket,
+    ):
         assert expected in plan
     assert "Dry run: nothing was removed." in plan
     assert find_tagged(names).instances  # nothing removed

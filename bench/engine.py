@@ -5,8 +5,9 @@
 Load time is measured in fresh subprocesses, from interpreter start to a loaded engine
 (imports, Django setup and weights included). Throughput runs the full pipeline a worker runs
 (decode + detect + align + embed + match) on one process, one image at a time, over the 1000
-64x64 course images and over every five_celebrity photo, matching against a gallery enrolled
-from five_celebrity/train. A few warm-up images run first and are not counted. The machine's
+64x64 course images, every five_celebrity photo and the first --lfw-limit 250x250 photos of
+lfw_dev/strangers (LFW-size photos), matching against a gallery enrolled from
+five_celebrity/train. A few warm-up images run first and are not counted. The machine's
 load average is printed too: on 2 shared cores it moves these figures a lot, and CPU time per
 image (which contention inflates far less than wall time) is printed beside the wall-clock ones.
 """
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--course-limit", type=int, default=1000, help="course images to run")
     parser.add_argument("--load-runs", type=int, default=3, help="fresh processes to time")
+    parser.add_argument("--lfw-limit", type=int, default=300, help="LFW-size photos to run")
     args = parser.parse_args()
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
@@ -120,9 +122,11 @@ def main() -> None:
 
     course = sorted((DATASETS / "course" / "face_images_1000").glob("*.jpg"))[: args.course_limit]
     celebrity = sorted((DATASETS / "five_celebrity").glob("*/*/*"))
+    lfw = sorted((DATASETS / "lfw_dev" / "strangers").glob("*/*"))[: args.lfw_limit]
     results = {
         "course 64x64": run(engine, gallery, course),
         "five_celebrity": run(engine, gallery, celebrity),
+        "lfw 250x250": run(engine, gallery, lfw),
     }
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

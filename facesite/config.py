@@ -11,6 +11,7 @@ Pure pydantic, no Django: gunicorn's configuration and the local stack's supervi
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -57,6 +58,16 @@ class FacesiteConfig(BaseSettings):
     var_dir: Path = BASE_DIR / "var"  # runtime files: SQLite database, logs
     db_path: Path | None = None  # default: <var_dir>/db.sqlite3
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per log line (time, level, logger, process, message, request_id)
+    # for a log shipper; "plain": the readable default.
+    log_format: Literal["plain", "json"] = "plain"
+    # PostgreSQL shared by several web machines, e.g. postgres://user:pass@host:5432/facesite
+    # (query parameters such as sslmode=require become connection options); unset = SQLite at
+    # db_path, for one machine.
+    database_url: str = Field("", pattern=r"^(|postgres(ql)?://.+)$")
+    # Connections each process keeps in its PostgreSQL pool: with many web threads the pool,
+    # not the thread count, bounds the connections a web machine opens.
+    database_pool_size: int = Field(20, ge=1)
 
     # --- Django ----------------------------------------------------------------------------------
     secret_key: str = Field(
@@ -84,11 +95,40 @@ class FacesiteConfig(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger uploads get 413
     reply_timeout: Positive = 300.0  # seconds an upload waits for its result before 504
     response_consumers: int = Field(2, ge=0)  # response-queue consumer threads per web process
+    # Threads per web process that read the request queue's dead-letter queue and answer the
+    # requests whose task no worker could complete.
+    dead_letter_consumers: int = Field(1, ge=0)
     # Address of each web process's wake socket (a web machine's private address when several
     # machines serve), and how often each process looks in the database for its completed
     # requests in case a wake datagram was lost.
     wake_host: str = "127.0.0.1"
     sweep_interval: Positive = 1.0
+
+    # --- service API (/api/v1/) ------------------------------------------------------------------
+    # Calls per API key per minute (a fixed window counted in the database, so every gunicorn
+    # process and thread shares it); a key may carry its own limit. Generous: it stops a runaway
+    # client, not normal use.
+    api_rate_limit: int = Field(600, ge=1)
+    # Images one `POST /api/v1/subjects/<name>/examples` call may carry; each is one task.
+    api_max_images: int = Field(20, ge=1)
+    # The most candidates per face a recognise call may ask for (`top_k`).
+    api_max_top_k: int = Field(10, ge=1)
+    # A key the page at `/` uses to call the API (it is visible to anyone who can load the page:
+    # give it the recognize scope only). Empty: the page needs a staff session.
+    page_api_key: str = ""
+    # --- operations: /metrics, /dashboard/ ----------------------------------------------------
+    # Who may scrape /metrics: comma-separated networks (CIDR) matched against the client's
+    # address. Default: anyone on the emulator; only this machine on AWS.
+    metrics_allowed_networks: str | None = None
+    # When set, /metrics also needs "Authorization: Bearer <token>".
+    metrics_token: str = ""
+    # gunicorn's processes share their counters through files here (one sub-folder per bind
+    # address, emptied when that gunicorn starts); default: <var_dir>/prometheus.
+    metrics_dir: Path | None = None
+    # The scaler records what it observed (instances by state, queue depths) this often, for
+    # /metrics and the dashboard, and keeps that long of it.
+    observation_interval: Positive = 2.0
+    observation_keep_seconds: Positive = 3600.0
 
     # --- queues ----------------------------------------------------------------------------------
     # A task takes well under a second; the timeout covers a large photo on a loaded instance.
@@ -122,6 +162,9 @@ class FacesiteConfig(BaseSettings):
     detect_max_side: int = Field(1280, ge=64)  # detection runs on a copy this size at most
 
     # --- workers ---------------------------------------------------------------------------------
+    # Tries at storing the output and at sending the result before a worker gives the message
+    # back to SQS (redelivered, then dead-lettered after max_receives deliveries).
+    delivery_attempts: int = Field(3, ge=1)
     # An idle worker checks whether the queue is empty (to stop its own instance) this often,
     # once it has been idle this long.
     self_stop_interval: Positive = 0.25
@@ -186,6 +229,8 @@ class FacesiteConfig(BaseSettings):
         "self_stop_idle",
         "settle_seconds",
         "db_path",
+        "metrics_dir",
+        "metrics_allowed_networks",
         "gallery_dir",
         "gallery_labels",
         mode="before",
@@ -193,6 +238,15 @@ class FacesiteConfig(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("metrics_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        if value is not None:
+            for network in value.split(","):
+                if network.strip():
+                    ipaddress.ip_network(network.strip(), strict=False)  # ValueError: refused
+        return value
 
     @model_validator(mode="after")
     def _with_environment_defaults(self) -> FacesiteConfig:
@@ -209,6 +263,8 @@ class FacesiteConfig(BaseSettings):
             "settle_seconds": 1.0 if local else 5.0,
             "warm_pool": self.max_instances,
             "db_path": self.var_dir / "db.sqlite3",
+            "metrics_dir": self.var_dir / "prometheus",
+            "metrics_allowed_networks": "0.0.0.0/0,::/0" if local else "127.0.0.1/32,::1/128",
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -227,6 +283,15 @@ class FacesiteConfig(BaseSettings):
             missing.append("FACESITE_ADMIN_PASSWORD")
         if missing:
             raise ConfigError(f"on AWS the web tier needs {' and '.join(missing)}")
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks /metrics answers to."""
+        return tuple(
+            ipaddress.ip_network(network.strip(), strict=False)
+            for network in (self.metrics_allowed_networks or "").split(",")
+            if network.strip()
+        )
 
     @property
     def is_local(self) -> bool:

@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from facesite import config
 from facesite.aws.names import Names
+from facesite.database import database
 
 try:
     CONFIG = config.load()
@@ -63,9 +64,15 @@ INSTALLED_APPS = [
     "recognition",
     "scaler",
     "ami",
+    "apikeys",
+    # django-ninja serves /api/v1/; listed so its docs page uses its bundled (local) assets.
+    "ninja",
+    "operations",
 ]
 
 MIDDLEWARE = [
+    # First, so that its count, duration and log line cover every other middleware's answer.
+    "facesite.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -73,6 +80,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Every 4xx/5xx under /api/v1/ is a JSON error, including Django's own 404 and 500.
+    "recognition.api.middleware.json_errors",
 ]
 
 ROOT_URLCONF = "facesite.urls"
@@ -96,19 +105,9 @@ TEMPLATES = [
 # Runtime files (SQLite database, logs, pid files) live under var/, which git ignores.
 VAR_DIR = CONFIG.var_dir
 
+# SQLite under var/ unless FACESITE_DATABASE_URL names a PostgreSQL server (facesite/database.py).
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(CONFIG.db_path),
-        # Many web threads, the response consumers and the scaler write concurrently: WAL lets
-        # readers run beside the writer, IMMEDIATE takes the write lock up front (no upgrade
-        # deadlocks), and the timeout makes writers queue instead of failing.
-        "OPTIONS": {
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
-        },
-    }
+    "default": database(CONFIG.database_url, CONFIG.db_path, CONFIG.database_pool_size),
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -128,8 +127,17 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"},
+        "json": {"()": "facesite.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Gives each record the request id it concerns, when one is known (facesite/logs.py).
+    "filters": {"request_id": {"()": "facesite.logs.RequestIdFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": CONFIG.log_format,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": CONFIG.log_level},
     "loggers": {
         "botocore": {"level": "WARNING"},
@@ -168,13 +176,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # kombu would base64 the task body inside that JSON as well: plain JSON is a third smaller.
     "body_encoding": None,
 }
-CELERY_IMPORTS = ("recognition.worker.tasks",)
+CELERY_IMPORTS = ("recognition.worker.tasks", "recognition.worker.api_tasks")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = _NAMES.request_queue
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Deletes request-queue messages that are not tasks it can run, instead of leaving them to come
+# back until they are dead-lettered (see recognition/worker/consumer.py).
+CELERY_WORKER_CONSUMER = "recognition.worker.consumer:PoisonDroppingConsumer"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # SQS has no broadcast: no remote control, events, gossip or mingle.
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False

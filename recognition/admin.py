@@ -10,6 +10,7 @@ from recognition.models import FaceSample, GallerySnapshot, Identity, UploadRequ
 class UploadRequestAdmin(ReadOnlyAdmin):
     list_display = (
         "file_name",
+        "kind",
         "status",
         "name",
         "distance",
@@ -18,11 +19,27 @@ class UploadRequestAdmin(ReadOnlyAdmin):
         "received_at",
         "total_ms",
     )
-    list_filter = ("status", "reply_status", "result_status", "worker_instance_id")
+    list_filter = ("kind", "status", "reply_status", "result_status", "worker_instance_id")
     search_fields = ("id", "file_name", "name", "error")
     date_hierarchy = "received_at"
     fieldsets = (
-        (None, {"fields": ("id", "file_name", "status", "name", "distance", "faces", "error")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "file_name",
+                    "kind",
+                    "status",
+                    "outcome",
+                    "name",
+                    "distance",
+                    "faces",
+                    "error",
+                    "result",
+                )
+            },
+        ),
         (
             "Stages",
             {
@@ -59,7 +76,7 @@ class UploadRequestAdmin(ReadOnlyAdmin):
 
 class FaceSampleInline(admin.TabularInline):
     model = FaceSample
-    fields = ("source_image", "embedder", "created_at")
+    fields = ("source_image", "embedder", "disagrees", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -75,6 +92,17 @@ class IdentityAdmin(admin.ModelAdmin):
     @admin.display(description="samples")
     def sample_count(self, identity: Identity) -> int:
         return identity.samples.count()
+
+
+@admin.register(FaceSample)
+class FaceSampleAdmin(ReadOnlyAdmin):
+    """Enrolled examples; the filter finds the ones that disagree with the rest of their
+    person (likely the wrong face), which an operator checks and deletes or re-enrols."""
+
+    list_display = ("source_image", "identity", "embedder", "disagrees", "created_at")
+    list_filter = ("disagrees", "embedder")
+    search_fields = ("source_image", "identity__name")
+    exclude = ("embedding",)
 
 
 @admin.register(GallerySnapshot)

@@ -6,6 +6,7 @@ task is sent by name: the web tier never imports the worker's code (which loads 
 """
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, replace
 
 from facesite import aws
@@ -13,6 +14,14 @@ from facesite.celery_app import app
 from recognition.lifecycle import Outcome
 
 RECOGNIZE_UPLOAD = "recognition.tasks.recognize_upload"
+# The service API's tasks (recognition/worker/api_tasks.py). Their S3 keys are "api/<request
+# id>[-2]", unique per request, so no object version travels.
+API_RECOGNIZE = "recognition.tasks.api_recognize"
+API_DETECT = "recognition.tasks.api_detect"
+API_VERIFY = "recognition.tasks.api_verify"
+API_EMBED = "recognition.tasks.api_embed"
+# Every task the web tier sends; each one's id is a request history row's key.
+TASK_NAMES = frozenset({RECOGNIZE_UPLOAD, API_RECOGNIZE, API_DETECT, API_VERIFY, API_EMBED})
 
 
 def send_recognize_task(request_id: str, key: str, version: str, gallery_version: str) -> None:
@@ -21,17 +30,54 @@ def send_recognize_task(request_id: str, key: str, version: str, gallery_version
     app.send_task(RECOGNIZE_UPLOAD, args=(key, version, gallery_version), task_id=request_id)
 
 
+def task_request_id(body: str) -> str:
+    """The request id of one of facesite's tasks as SQS carries it (kombu's JSON envelope, whose
+    headers name the task and its id); ValueError for any other body."""
+    try:
+        headers = json.loads(body)["headers"]
+        if headers["task"] not in TASK_NAMES:
+            raise ValueError(f"not a facesite task: {headers['task']!r}")
+        return str(uuid.UUID(str(headers["id"])))  # request ids are the history rows' keys
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"not a task message: {error!r}") from error
+
+
+def send_api_recognize(request_id: str, key: str, gallery_version: str, top_k: int) -> None:
+    app.send_task(API_RECOGNIZE, args=(key, gallery_version, top_k), task_id=request_id)
+
+
+def send_api_detect(request_id: str, key: str) -> None:
+    app.send_task(API_DETECT, args=(key,), task_id=request_id)
+
+
+def send_api_verify(
+    request_id: str, key: str, other_key: str, subject: str, gallery_version: str
+) -> None:
+    """Verify the face in ``key`` against the one in ``other_key`` or, when that is "", against
+    ``subject`` in the named gallery. The subject name is bounded by the API
+    (recognition.api.gallery.MAX_SUBJECT_WIRE_BYTES) so the message fits 1,024 bytes."""
+    app.send_task(API_VERIFY, args=(key, other_key, subject, gallery_version), task_id=request_id)
+
+
+def send_api_embed(request_id: str, key: str) -> None:
+    app.send_task(API_EMBED, args=(key,), task_id=request_id)
+
+
 @dataclass(frozen=True)
 class ResultMessage:
     outcome: Outcome
     name: str = ""
     distance: float | None = None
     faces: int | None = None
-    error: str = ""  # one sentence for the client when the outcome is not RECOGNISED
+    # When the outcome is the upload's fault: one sentence for the client. When it is ours
+    # (FAILED): what went wrong, for the history row and the admin only.
+    error: str = ""
     request_id: str = ""
     instance: str = ""  # the worker's EC2 instance id ("" for a worker started by hand)
     started: float | None = None  # epoch seconds
     finished: float | None = None
+    # An API task's whole JSON result (the response queue takes 256 KiB; a result is a few KiB).
+    payload: dict | None = None
 
     def stamped(self, **fields: object) -> "ResultMessage":
         return replace(self, **fields)

@@ -11,7 +11,15 @@ def file_stem(file_name: str) -> str:
 
 
 class UploadRequest(models.Model):
-    """One upload, from arrival to reply; completed by the response consumer."""
+    """One request with model work (a course upload or a service API call), from arrival to
+    reply; completed by the response consumer."""
+
+    class Kind(models.TextChoices):
+        UPLOAD = "upload", "upload (POST /)"
+        RECOGNIZE = "recognize", "API recognize"
+        DETECT = "detect", "API detect"
+        VERIFY = "verify", "API verify"
+        EMBED = "embed", "API example"
 
     class Status(models.TextChoices):
         RECEIVED = "received", "received"
@@ -25,6 +33,7 @@ class UploadRequest(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     file_name = models.CharField(max_length=255, db_index=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.UPLOAD, db_index=True)
     s3_version = models.CharField(max_length=128, blank=True)
     gallery_version = models.CharField(max_length=64, blank=True)
     status = models.CharField(
@@ -41,6 +50,10 @@ class UploadRequest(models.Model):
     # The web process waiting for the result: the host:port of its wake socket.
     reply_to = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
+    # The worker's outcome (a recognition.lifecycle.Outcome value) and, for API calls, the JSON
+    # result it sent: the reply is built from them in whichever process waits.
+    outcome = models.CharField(max_length=32, blank=True)
+    result = models.JSONField(null=True, blank=True)
     received_at = models.DateTimeField(db_index=True)
     stored_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -77,6 +90,12 @@ class FaceSample(models.Model):
     embedder = models.CharField(max_length=64)
     embedding = models.BinaryField()
     source_image = models.CharField(max_length=512)
+    # Set by enroll: further from the mean of its person's other examples than two photos of
+    # one person usually are, so likely someone else (see enrollment.disagreeing_examples).
+    disagrees = models.BooleanField(
+        default=False,
+        help_text="Far from this person's other examples: likely another person's face.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

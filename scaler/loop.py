@@ -117,6 +117,7 @@ class ScalerLoop:
         tick_seconds: float,
         clock: Callable[[], float] = time.time,
         stopping: threading.Event | None = None,
+        observer: Callable[[Observation], object] | None = None,
     ) -> None:
         self.fleet = fleet
         self.config = config
@@ -126,6 +127,8 @@ class ScalerLoop:
         self.memory = PolicyMemory()
         self.outcomes: tuple[Outcome, ...] = ()
         self.stopping = stopping or threading.Event()
+        # Told every tick's observation (scaler.observations records it for /metrics).
+        self.observer = observer
         self._errors: dict[str, str] = {}  # what failed -> its last error, to record it once
         self._rows: dict[str, FleetInstance] | None = None  # FleetInstance rows as written
 
@@ -162,6 +165,8 @@ class ScalerLoop:
         observation = Observation(
             now, visible, in_flight, instances, work, self.outcomes, outstanding=outstanding
         )
+        if self.observer is not None:
+            self._attempt("record the observation", lambda: self.observer(observation), now)
 
         decision = decide(observation, self.config, self.memory)
         self.memory = decision.memory

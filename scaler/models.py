@@ -69,3 +69,32 @@ class FleetInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.instance_id}, {self.state})"
+
+
+class FleetObservation(models.Model):
+    """What the scaler saw at one moment: app-tier instances by state and the queues' depths.
+
+    Written every FACESITE_OBSERVATION_INTERVAL by the scaler (its own process, on the web
+    machine or not), read by any web process for /metrics and the dashboard. Null: that part
+    could not be read. Rows older than FACESITE_OBSERVATION_KEEP_SECONDS are pruned.
+    """
+
+    at = models.DateTimeField(db_index=True)
+    pending = models.PositiveIntegerField(null=True)
+    running = models.PositiveIntegerField(null=True)
+    stopping = models.PositiveIntegerField(null=True)
+    stopped = models.PositiveIntegerField(null=True)
+    shutting_down = models.PositiveIntegerField(null=True)
+    request_visible = models.PositiveIntegerField(null=True)
+    request_in_flight = models.PositiveIntegerField(null=True)
+    response_visible = models.PositiveIntegerField(null=True)
+    response_in_flight = models.PositiveIntegerField(null=True)
+    dead_letter_visible = models.PositiveIntegerField(null=True)
+    dead_letter_in_flight = models.PositiveIntegerField(null=True)
+
+    class Meta:
+        ordering = ["-at"]
+        get_latest_by = "at"
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S}: {self.running} running, {self.request_visible} waiting"

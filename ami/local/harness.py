@@ -147,8 +147,24 @@ class Stack:
         return Counter(str(record.state) for record in records)
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
+        """Rows from the stack's database: PostgreSQL when FACESITE_DATABASE_URL is set (SQL
+        with %s placeholders), else its SQLite file (? placeholders)."""
+        if self.env.get("FACESITE_DATABASE_URL"):
+            import psycopg
+
+            with psycopg.connect(self.env["FACESITE_DATABASE_URL"]) as db:
+                return db.execute(sql, params).fetchall()
         with sqlite3.connect(self.db_path, timeout=30) as db:
             return db.execute(sql, params).fetchall()
+
+    def create_staff_user(self, username: str, password: str) -> None:
+        """A superuser, for the admin and the dashboard."""
+        self.manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model; "
+            f"get_user_model().objects.create_superuser({username!r}, '', {password!r})",
+        )
 
     # --- processes ----------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ WORKER_MODULES = (
     "kombu.pidbox",
     "kombu.transport.SQS",
     "recognition.worker.tasks",
+    "recognition.worker.api_tasks",
 )
 # Exit status of a child whose user data is not a facesite boot script (sysexits' EX_CONFIG).
 EXIT_BAD_USER_DATA = 78

@@ -9,7 +9,7 @@
   consume responses and dead letters, read and write gallery snapshots; and assume the scaler
   role, nothing else.
 - scaler (`<prefix>-scaler`, assumed by the scaler process on `web-instance` through an AWS
-  config profile with `credential_source = Ec2InstanceMetadata`): read the request queue's depth;
+  config profile with `credential_source = Ec2InstanceMetadata`): read the queues' depths;
   describe EC2 (read-only, the only `*` resources); launch instances only tagged with this
   prefix and only from this prefix's images; tag only at launch; start, stop and terminate only
   instances tagged with this prefix as app tier; pass only the worker role, only to EC2.
@@ -126,7 +126,19 @@ def scaler_policy(names: Names) -> dict[str, Any]:
     volumes = f"arn:aws:ec2:{region}:{account}:volume/*"
     ours = {f"aws:ResourceTag/{PREFIX_TAG}": names.prefix}
     return _policy(
-        _statement("QueueDepth", ["sqs:GetQueueAttributes"], names.queue_arn(names.request_queue)),
+        # The request queue's depth drives it; all three queues' are recorded for /metrics.
+        _statement(
+            "QueueDepths",
+            ["sqs:GetQueueAttributes"],
+            [
+                names.queue_arn(q)
+                for q in (
+                    names.request_queue,
+                    names.response_queue,
+                    names.request_dead_letter_queue,
+                )
+            ],
+        ),
         # Describe calls have no resource-level permissions in EC2: "*" is the only resource.
         _statement(
             "ReadOnlyDescribe",

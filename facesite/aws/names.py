@@ -145,6 +145,10 @@ class Names:
         return self.queue_url(self.request_queue)
 
     @property
+    def request_dead_letter_queue_url(self) -> str:
+        return self.queue_url(self.request_dead_letter_queue)
+
+    @property
     def response_queue_url(self) -> str:
         return self.queue_url(self.response_queue)
 

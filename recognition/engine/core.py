@@ -53,21 +53,30 @@ class Engine:
         self.detector = detector
         self.embedder = embedder
         self.embedder_name: str = embedder.name
-        self.threshold: float = embedder.default_threshold if threshold is None else threshold
+        # None: every answer uses the gallery's own calibrated operating point (the open-set
+        # rule of recognition.gallery). A number: the older rule, nearest example within this
+        # distance, for an operator who sets FACESITE_MATCH_THRESHOLD on purpose.
+        # The open-set score's constants are in dlib's distance units; another embedder keeps
+        # the older rule at its own threshold until it is measured.
+        if threshold is None and not getattr(embedder, "open_set", False):
+            threshold = embedder.default_threshold
+        self.threshold: float | None = threshold
         self.top_k: int = top_k
         self.max_pixels: int = max_pixels
 
     def __repr__(self) -> str:
         return f"<Engine {self.embedder_name} threshold={self.threshold} top_k={self.top_k}>"
 
-    def faces(self, image: Image.Image) -> list[Face]:
+    def faces(self, image: Image.Image, mirror: bool = False) -> list[Face]:
         """Every face in ``image`` (a decoded PIL image; non-RGB modes are converted), largest
-        first, each with its embedding."""
-        return self._faces(to_rgb(image), {})
+        first, each with its embedding. ``mirror``: average each face's embedding with its
+        mirror image's (steadier, for enrolment; it doubles the network's work, which
+        recognition cannot afford within its speed budget)."""
+        return self._faces(to_rgb(image), {}, mirror)
 
-    def embed_image(self, source: ImageSource | Image.Image) -> list[Face]:
+    def embed_image(self, source: ImageSource | Image.Image, mirror: bool = False) -> list[Face]:
         """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it."""
-        return self._faces(self._decode(source), {})
+        return self._faces(self._decode(source), {}, mirror)
 
     def recognize(
         self,
@@ -92,11 +101,12 @@ class Engine:
         matched = time.perf_counter()
         results: list[FaceResult] = []
         if faces:
-            matches = gallery.match(
-                np.stack([face.embedding for face in faces]),
-                self.threshold,
-                self.top_k if top_k is None else top_k,
-            )
+            embeddings = np.stack([face.embedding for face in faces])
+            k = self.top_k if top_k is None else top_k
+            if self.threshold is None:
+                matches = gallery.identify(embeddings, k)
+            else:
+                matches = gallery.match(embeddings, self.threshold, k)
             results = [FaceResult(face, match) for face, match in zip(faces, matches, strict=True)]
         timings["match"] = time.perf_counter() - matched
         timings["total"] = time.perf_counter() - started
@@ -113,7 +123,9 @@ class Engine:
             return prepare_image(source, self.max_pixels)
         return load_image(source, self.max_pixels)
 
-    def _faces(self, image: Image.Image, timings: dict[str, float]) -> list[Face]:
+    def _faces(
+        self, image: Image.Image, timings: dict[str, float], mirror: bool = False
+    ) -> list[Face]:
         """faces(), recording detect/align/embed seconds into ``timings``."""
         global _parallel_inference_ran
         if not _parallel_inference_ran and torch.get_num_threads() > 1:
@@ -124,7 +136,7 @@ class Engine:
             detected = time.perf_counter()
             chips = [self.embedder.prepare(image, detection) for detection in detections]
             aligned = time.perf_counter()
-            embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, 0))
+            embeddings = self.embedder.embed(np.stack(chips), mirror) if chips else np.zeros((0, 0))
             embedded = time.perf_counter()
         timings.update(
             detect=detected - started, align=aligned - detected, embed=embedded - aligned
@@ -156,7 +168,8 @@ def load_engine(
     threads: int = 0,
 ) -> Engine:
     """Build a new engine (models loaded now). ``embedder`` is a FACESITE_EMBEDDER value;
-    ``threshold`` None means the embedder's default; ``threads`` > 0 sets torch's intra-op
+    ``threshold`` None means the gallery's calibrated open-set rule, a number the nearest
+    example within that distance; ``threads`` > 0 sets torch's intra-op
     thread count for the whole process (torch has no per-model setting)."""
     target_threads = threads if threads > 0 else torch.get_num_threads()
     # Load on one thread: the loading process never starts OpenMP's thread pool, so it can fork

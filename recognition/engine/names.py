@@ -7,7 +7,9 @@ embedder computes must come with a new name.
 
 from __future__ import annotations
 
-DLIB_EMBEDDER = "dlib-resnet-v1"
+# "-sp5": chips aligned on dlib's 5-point landmarks (the first version used MTCNN's landmarks
+# through a fixed template: its embeddings are not comparable, so re-enrol).
+DLIB_EMBEDDER = "dlib-resnet-v1-sp5"
 VGGFACE2_EMBEDDER = "facenet-vggface2"
 
 # FACESITE_EMBEDDER value -> embedder name.

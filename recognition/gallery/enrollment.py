@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recognition.engine import ImageError
-from recognition.gallery.matching import Gallery
+from recognition.gallery.matching import Gallery, choose_face
 from recognition.gallery.store import NewSample
 
 if TYPE_CHECKING:  # the engine's module imports torch; only its type is needed here
@@ -50,8 +50,10 @@ class EmbeddingRun:
 
     samples: list[NewSample] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
-    # source -> number of faces found, for images where the largest of several faces was used
+    # source -> number of faces found, for images with several faces
     several_faces: dict[str, int] = field(default_factory=dict)
+    # source -> which face was used and why, for the same images
+    face_choices: dict[str, str] = field(default_factory=dict)
 
     def gallery(self, embedder: str) -> Gallery:
         """A scratch in-memory gallery of these samples (nothing is written anywhere)."""
@@ -128,16 +130,27 @@ def labelled_images(
 
 
 def embed_images(
-    engine: Engine, images: Iterable[LabelledImage], show_progress: bool = True
+    engine: Engine,
+    images: Iterable[LabelledImage],
+    show_progress: bool = True,
+    known: dict[str, np.ndarray] | None = None,
 ) -> EmbeddingRun:
-    """Embed the largest face of each image; unreadable and face-less images are skipped."""
+    """Embed one face of each image; unreadable and face-less images are skipped.
+
+    A photo with several faces enrols the face that agrees with the person's other examples:
+    the single-face photos of this run plus ``known`` (label -> (n, dim) embeddings already
+    enrolled); the largest when nothing else decides (see choose_face).
+    """
     run = EmbeddingRun()
     images = list(images)
+    found: list[tuple[LabelledImage, np.ndarray]] = []
     for image in tqdm(
         images, desc="embedding", unit="img", file=sys.stderr, disable=not show_progress
     ):
         try:
-            faces = engine.embed_image(image.path)
+            # Mirror-averaged: a steadier example of the person (worth ~1 point of TPIR on
+            # lfw_dev); enrolment, unlike recognition, can afford the second pass.
+            faces = engine.embed_image(image.path, mirror=True)
         except ImageError as exc:
             run.skipped.append(Skipped(image.source, exc.message))
             continue
@@ -147,9 +160,22 @@ def embed_images(
         if not faces:
             run.skipped.append(Skipped(image.source, "no face found"))
             continue
-        if len(faces) > 1:
-            run.several_faces[image.source] = len(faces)
-        # The engine lists faces largest first, the face recognize() answers for: enrolment
-        # picks the same one.
-        run.samples.append(NewSample(image.label, image.source, faces[0].embedding))
+        found.append((image, np.stack([face.embedding for face in faces])))
+
+    # The person's other examples: what is already enrolled plus this run's one-face photos.
+    examples: dict[str, list[np.ndarray]] = {
+        label: list(np.atleast_2d(rows)) for label, rows in (known or {}).items()
+    }
+    for image, embeddings in found:
+        if len(embeddings) == 1:
+            examples.setdefault(image.label, []).append(embeddings[0])
+    for image, embeddings in found:
+        chosen = 0
+        if len(embeddings) > 1:
+            others = examples.get(image.label)
+            reference = np.mean(others, axis=0) if others else None
+            chosen, why = choose_face(embeddings, reference)
+            run.several_faces[image.source] = len(embeddings)
+            run.face_choices[image.source] = why
+        run.samples.append(NewSample(image.label, image.source, embeddings[chosen]))
     return run

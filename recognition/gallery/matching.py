@@ -3,11 +3,25 @@
 Pure numpy on purpose: workers load a gallery from snapshot bytes without touching Django, and
 the evaluate command builds scratch galleries that never reach the database.
 
-Matching rule: a face is matched to the *identity* whose nearest enrolled sample is closest
-(Euclidean distance between embeddings). That is 1-NN over samples, reported per identity, so
-the top-k candidates are k distinct people rather than k photos of the same person. The best
-identity's name is returned when its distance is <= threshold; beyond it the name is UNKNOWN
-(the candidates are still listed, so a caller can show who came closest).
+Open-set rule (``identify``, what the engine answers with): the candidate is the identity whose
+*mean* embedding is nearest (a mean of a few photos is a steadier picture of a person than any
+one of them). It is named only when its score clears the gallery's operating point, where
+
+    score = -d1 + MARGIN_WEIGHT * min(d2 - d1, CAP) + COHORT_WEIGHT * min(c - d1, CAP)
+
+d1 is the distance to that mean, d2 the distance to the second-nearest identity's mean (a face
+about as near two people names neither), and c the candidate's cohort distance: the mean
+distance from its mean to the COHORT_SIZE nearest examples of *other* enrolled people (a person
+with look-alikes in the gallery must be matched more closely). Everything comes from the
+gallery; CAP is CONTEXT_CAP, and a missing reference (a one-person gallery) counts as CAP.
+
+The operating point follows from a target false-positive identification rate (FPIR, the share
+of strangers given a name) and from the gallery itself (``calibrate``): every enrolled example
+is in turn a stranger to the gallery without its own person, and the threshold is the score
+that the target share of those impostors exceed.
+
+``match`` keeps the older rule (nearest example, one distance threshold) for an explicitly
+configured distance (FACESITE_MATCH_THRESHOLD) and for callers that want plain distances.
 """
 
 from __future__ import annotations
@@ -29,7 +43,31 @@ UNKNOWN = "Unknown"
 # FORMAT_VERSION is bumped on every incompatible change, and readers refuse versions they do
 # not know instead of guessing.
 FORMAT_TAG = "facesite-gallery"
-FORMAT_VERSION = 1
+# 2: the operating point (threshold, target FPIR, how it was chosen) travels with the samples.
+FORMAT_VERSION = 2
+
+# The open-set score (module docstring). Measured on ../shared/datasets/lfw_dev with dlib's
+# network: the margin and the cohort term each add 1-2 points of TPIR at FPIR 0.01 over the
+# distance to the mean alone; weights of 0.5-1.5 all measure within a point of each other.
+MARGIN_WEIGHT = 1.0
+COHORT_WEIGHT = 1.0
+COHORT_SIZE = 5
+# In embedding distance units. Beyond it a face is simply "clearly nearer this person", and the
+# cap keeps the score comparable between galleries of one person and of thousands.
+CONTEXT_CAP = 0.3
+DEFAULT_TARGET_FPIR = 0.01
+
+# Two photos of one person are usually within dlib's same-person distance, 0.6; a face of an
+# enrolment photo further than this from its person's other examples is not taken to be them.
+AGREEMENT_DISTANCE = 0.6
+# An enrolled example is flagged when even its nearest fellow example is further than this: a
+# real photo of the person now and then lies just beyond 0.6 from all the others (0.62 seen in
+# five_celebrity), another person's face lies at 0.8-0.95. A flag asks an operator to look.
+DISAGREEMENT_DISTANCE = 0.7
+# Without enough stranger evidence (small galleries, see prior_threshold), a face clearly nearer
+# one person than anyone else must be this near their mean: stricter than dlib's 0.6
+# same-person distance, which names most strangers in a 1:N search.
+PRIOR_DISTANCE = 0.5
 
 
 class GalleryFormatError(ValueError):
@@ -45,11 +83,181 @@ class Candidate:
 @dataclass(frozen=True)
 class Match:
     """The outcome for one face: ``name`` is UNKNOWN beyond the threshold or for an empty gallery
-    (then ``distance`` is math.inf); ``candidates`` are the top-k identities, nearest first."""
+    (then ``distance`` is math.inf); ``candidates`` are the top-k identities, nearest first.
+    From ``identify``: distances are to identities' means, ``score`` is the open-set score and
+    ``threshold`` the operating point it was held against; from ``match`` both are None."""
 
     name: str
     distance: float
     candidates: list[Candidate]
+    score: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The score above which a face is named, and where it came from.
+
+    method: "quantile" (the (1 - target) quantile of the gallery's impostor scores), "prior"
+    (fewer than 1 / target impostor trials: PRIOR_DISTANCE from a lone person's mean) or
+    "fixed" (given by hand).
+    """
+
+    threshold: float
+    target_fpir: float
+    impostors: int
+    method: str
+    # Share of the gallery's own impostor scores above the threshold (what it achieves there).
+    impostor_fpir: float = 0.0
+
+    def explain(self) -> str:
+        if self.method == "quantile":
+            return (
+                f"threshold {self.threshold:.4f}: {self.impostor_fpir:.2%} of {self.impostors} "
+                f"impostor trials (each enrolled example against the gallery without its own "
+                f"person) score above it; target FPIR {self.target_fpir:.2%}"
+            )
+        if self.method == "prior":
+            return (
+                f"threshold {self.threshold:.4f}: only {self.impostors} impostor trials, too few "
+                f"to resolve a {self.target_fpir:.2%} FPIR, so the prior: the score of a face "
+                f"{PRIOR_DISTANCE} from a person's mean and {CONTEXT_CAP} nearer them than "
+                f"anyone else ({self.impostor_fpir:.2%} of the trials score above it)"
+            )
+        return f"threshold {self.threshold:.4f}, set by hand"
+
+
+def open_set_scores(
+    distances: np.ndarray, cohort: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(best identity, d1, score) per row of ``distances`` (queries x identities: distance to
+    each identity's mean), given each identity's cohort distance (nan: none). Pure function."""
+    rows = np.arange(len(distances))
+    if distances.shape[1] == 0:
+        empty = np.zeros(len(distances))
+        return rows * 0, empty + math.inf, empty - math.inf
+    if distances.shape[1] > 1:
+        two = np.argpartition(distances, 1, axis=1)[:, :2]
+        swap = distances[rows, two[:, 0]] > distances[rows, two[:, 1]]
+        two[swap] = two[swap][:, ::-1]
+        best = two[:, 0]
+        margin = distances[rows, two[:, 1]] - distances[rows, best]
+    else:
+        best = np.zeros(len(distances), dtype=np.intp)
+        margin = np.full(len(distances), CONTEXT_CAP)
+    nearest = distances[rows, best]
+    cohort_gap = np.where(np.isnan(cohort[best]), CONTEXT_CAP, cohort[best] - nearest)
+    score = (
+        -nearest
+        + MARGIN_WEIGHT * np.minimum(margin, CONTEXT_CAP)
+        + COHORT_WEIGHT * np.minimum(cohort_gap, CONTEXT_CAP)
+    )
+    return best, nearest, score
+
+
+def _euclidean(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """(queries, references) Euclidean distances, in float64 (small galleries, exact enough)."""
+    queries = queries.astype(np.float64)
+    references = references.astype(np.float64)
+    squared = (
+        np.einsum("ij,ij->i", queries, queries)[:, None]
+        + np.einsum("ij,ij->i", references, references)[None, :]
+        - 2.0 * (queries @ references.T)
+    )
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def _foreign_neighbours(
+    distances: np.ndarray, owner: np.ndarray, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each identity (row of ``distances``: its mean to every example), its ``depth``
+    nearest examples of other identities: (distances, owners), nearest first, padded with inf
+    and -1 where there are fewer."""
+    identities = np.arange(len(distances))
+    foreign = np.where(owner[None, :] != identities[:, None], distances, np.inf)
+    depth = min(depth, foreign.shape[1])
+    if depth == 0:
+        empty = np.zeros((len(distances), 0))
+        return empty, empty.astype(np.intp)
+    nearest = np.argpartition(foreign, depth - 1, axis=1)[:, :depth]
+    nearest_distances = np.take_along_axis(foreign, nearest, axis=1)
+    order = np.argsort(nearest_distances, axis=1, kind="stable")
+    nearest = np.take_along_axis(nearest, order, axis=1)
+    nearest_distances = np.take_along_axis(nearest_distances, order, axis=1)
+    owners = np.where(np.isfinite(nearest_distances), owner[nearest], -1)
+    return nearest_distances, owners
+
+
+def _mean_of_first(distances: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Per row, the mean of the first COHORT_SIZE usable entries (nan if none)."""
+    rank = np.cumsum(usable, axis=1)
+    taken = usable & (rank <= COHORT_SIZE)
+    counts = taken.sum(axis=1)
+    totals = np.where(taken, distances, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+def cohort_distances(means: np.ndarray, embeddings: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Each identity's cohort distance: the mean distance from its mean to the COHORT_SIZE
+    nearest examples of other identities (fewer if fewer exist; nan if none)."""
+    distances, owners = _foreign_neighbours(_euclidean(means, embeddings), owner, COHORT_SIZE)
+    return _mean_of_first(distances, owners >= 0)
+
+
+def impostor_scores(means: np.ndarray, embeddings: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Open-set scores of every example against the gallery without its own identity: what a
+    stranger to that smaller gallery would score. Nothing but the gallery goes in.
+
+    Leaving identity k out changes the others' cohort distances only where k's examples were
+    among their nearest foreign ones, so each identity keeps COHORT_SIZE + (the largest
+    identity's example count) neighbours and skips k's: one distance matrix for all trials.
+    """
+    if len(means) < 2:
+        return np.zeros(0)
+    to_examples = _euclidean(means, embeddings)
+    largest = int(np.bincount(owner).max())
+    neighbours, neighbour_owners = _foreign_neighbours(to_examples, owner, COHORT_SIZE + largest)
+    example_to_means = to_examples.T
+    everyone = np.arange(len(means))
+    scores = []
+    for identity in everyone:
+        others = everyone != identity
+        usable = (neighbour_owners >= 0) & (neighbour_owners != identity)
+        cohort = _mean_of_first(neighbours[others], usable[others])
+        queries = example_to_means[owner == identity][:, others]
+        scores.append(open_set_scores(queries, cohort)[2])
+    return np.concatenate(scores)
+
+
+def prior_threshold() -> float:
+    """The operating point without enough impostor trials: the score of a face PRIOR_DISTANCE
+    from a person's mean and a full CONTEXT_CAP nearer them than anyone else (the cohort term
+    neutral). Stricter than what 80-person galleries calibrate to for 1% (about -0.27 with
+    dlib's network), as a smaller gallery gives a stranger fewer people to be mistaken for."""
+    return -PRIOR_DISTANCE + MARGIN_WEIGHT * CONTEXT_CAP
+
+
+def choose_operating_point(impostors: np.ndarray, target_fpir: float) -> OperatingPoint:
+    """The threshold for ``target_fpir`` from a gallery's impostor scores (pure function).
+
+    The quantile needs at least 1 / target impostor trials to mean anything. With fewer, the
+    few there are say little either way (in a handful of people, one look-alike or one person
+    enrolled under two names would decide alone), so the prior holds (prior_threshold).
+    """
+    if not 0.0 < target_fpir < 1.0:
+        raise ValueError(f"the target FPIR must be between 0 and 1, got {target_fpir}")
+    prior = prior_threshold()
+    count = len(impostors)
+    if count * target_fpir < 1.0:
+        threshold, method = prior, "prior"
+    else:
+        # Named means score > threshold: the k-th highest impostor score with k = floor(target
+        # * count) + 1 lets at most floor(target * count) impostors through.
+        allowed = math.floor(target_fpir * count)
+        threshold, method = float(np.sort(impostors)[::-1][allowed]), "quantile"
+    achieved = float((impostors > threshold).mean()) if count else 0.0
+    return OperatingPoint(threshold, target_fpir, count, method, achieved)
 
 
 class Gallery:
@@ -60,7 +268,13 @@ class Gallery:
     which identities were enrolled.
     """
 
-    def __init__(self, embedder: str, labels: Sequence[str], embeddings: np.ndarray) -> None:
+    def __init__(
+        self,
+        embedder: str,
+        labels: Sequence[str],
+        embeddings: np.ndarray,
+        operating_point: OperatingPoint | None = None,
+    ) -> None:
         labels = [str(label) for label in labels]
         matrix = np.asarray(embeddings, dtype=np.float32)
         if matrix.ndim != 2:
@@ -89,6 +303,42 @@ class Gallery:
         self._stops = np.cumsum(counts)
         self._starts = self._stops - counts
         self._squared_norms = np.einsum("ij,ij->i", matrix, matrix)
+        self._given_operating_point = operating_point
+
+    @cached_property
+    def owner(self) -> np.ndarray:
+        """The identity index of every row."""
+        return np.repeat(np.arange(len(self.identities)), self._stops - self._starts)
+
+    @cached_property
+    def means(self) -> np.ndarray:
+        """(identities, dim) mean embedding of each identity, float64. Derived from the samples
+        (so a snapshot needs not carry them, and they can never disagree with them)."""
+        if not len(self):
+            return np.zeros((0, 0))
+        sums = np.add.reduceat(self.embeddings.astype(np.float64), self._starts, axis=0)
+        return sums / (self._stops - self._starts)[:, None]
+
+    @cached_property
+    def cohort(self) -> np.ndarray:
+        """Each identity's cohort distance (see cohort_distances)."""
+        return cohort_distances(self.means, self.embeddings, self.owner)
+
+    @cached_property
+    def operating_point(self) -> OperatingPoint:
+        """The given operating point, else one calibrated for DEFAULT_TARGET_FPIR."""
+        if self._given_operating_point is not None:
+            return self._given_operating_point
+        return calibrate(self, DEFAULT_TARGET_FPIR)
+
+    def calibrated(self, target_fpir: float) -> Gallery:
+        """This gallery with the operating point for ``target_fpir`` (a new object)."""
+        return Gallery(self.embedder, self.labels, self.embeddings, calibrate(self, target_fpir))
+
+    def with_threshold(self, threshold: float) -> Gallery:
+        """This gallery with a hand-set score threshold (evaluate's curve, tests)."""
+        point = OperatingPoint(float(threshold), math.nan, 0, "fixed")
+        return Gallery(self.embedder, self.labels, self.embeddings, point)
 
     @classmethod
     def empty(cls, embedder: str) -> Gallery:
@@ -119,7 +369,46 @@ class Gallery:
         }
         digest.update(json.dumps(header, sort_keys=True).encode())
         digest.update(self.embeddings.astype("<f4", copy=False).tobytes())
+        # The operating point is part of what workers serve: another threshold, another version.
+        digest.update(json.dumps(self._operating_point_fields(), sort_keys=True).encode())
         return digest.hexdigest()
+
+    def _operating_point_fields(self) -> dict:
+        point = self.operating_point
+        return {
+            "threshold": point.threshold,
+            "target_fpir": point.target_fpir,
+            "impostors": point.impostors,
+            "method": point.method,
+            "impostor_fpir": point.impostor_fpir,
+        }
+
+    def scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(best identity index, distance to its mean, open-set score) per query row."""
+        queries = self._queries(embeddings)
+        if len(self) == 0:
+            return open_set_scores(np.zeros((len(queries), 0)), np.zeros(0))
+        return open_set_scores(_euclidean(queries, self.means), self.cohort)
+
+    def identify(self, embeddings: np.ndarray, top_k: int = 3) -> list[Match]:
+        """The open-set answer for each query row: the identity with the nearest mean, named
+        when its score clears the operating point; candidates by distance to their means."""
+        queries = self._queries(embeddings)
+        if len(self) == 0:
+            return [Match(UNKNOWN, math.inf, []) for _ in range(len(queries))]
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        distances = _euclidean(queries, self.means)
+        best, nearest, score = open_set_scores(distances, self.cohort)
+        threshold = self.operating_point.threshold
+        k = min(top_k, len(self.identities))
+        matches = []
+        for row, identity, distance, value in zip(distances, best, nearest, score, strict=True):
+            order = np.lexsort((np.arange(len(row)), row))[:k]
+            candidates = [Candidate(self.identities[c], float(row[c])) for c in order]
+            name = self.identities[identity] if value > threshold else UNKNOWN
+            matches.append(Match(name, float(distance), candidates, float(value), threshold))
+        return matches
 
     def _identity_distances(self, queries: np.ndarray) -> np.ndarray:
         """(queries, identities) approximate distance from each query to each identity's nearest
@@ -194,6 +483,7 @@ class Gallery:
             embedder=np.array(self.embedder),
             labels=np.array(self.labels, dtype=str).reshape(len(self.labels)),
             embeddings=self.embeddings.astype("<f4", copy=False),
+            operating_point=np.array(json.dumps(self._operating_point_fields(), sort_keys=True)),
         )
         return buffer.getvalue()
 
@@ -214,8 +504,69 @@ class Gallery:
                 embedder = str(archive["embedder"])
                 labels = [str(label) for label in archive["labels"]]
                 embeddings = archive["embeddings"]
+                fields = json.loads(str(archive["operating_point"]))
+                point = OperatingPoint(
+                    threshold=float(fields["threshold"]),
+                    target_fpir=float(fields["target_fpir"]),
+                    impostors=int(fields["impostors"]),
+                    method=str(fields["method"]),
+                    impostor_fpir=float(fields["impostor_fpir"]),
+                )
         except GalleryFormatError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise GalleryFormatError(f"not a readable gallery snapshot: {exc}") from exc
-        return cls(embedder, labels, embeddings)
+        return cls(embedder, labels, embeddings, point)
+
+
+def calibrate(gallery: Gallery, target_fpir: float) -> OperatingPoint:
+    """The operating point for ``target_fpir`` from the gallery's own impostor trials."""
+    if not len(gallery):
+        return choose_operating_point(np.zeros(0), target_fpir)
+    impostors = impostor_scores(gallery.means, gallery.embeddings, gallery.owner)
+    return choose_operating_point(impostors, target_fpir)
+
+
+def choose_face(embeddings: np.ndarray, reference: np.ndarray | None) -> tuple[int, str]:
+    """Which of an enrolment photo's faces (rows of ``embeddings``, largest first) is the
+    person, and why: the face nearest the mean of the person's other examples when it is within
+    AGREEMENT_DISTANCE of it, else the largest. Pure function."""
+    count = len(embeddings)
+    if reference is None:
+        return 0, f"{count} faces, used the largest (no other example of this person decides)"
+    distances = np.linalg.norm(embeddings.astype(np.float64) - reference, axis=1)
+    nearest = int(np.argmin(distances))
+    if distances[nearest] > AGREEMENT_DISTANCE:
+        return 0, (
+            f"{count} faces, used the largest (none agrees with this person's other "
+            f"examples: the nearest is {distances[nearest]:.2f} away)"
+        )
+    if nearest == 0:
+        return 0, (
+            f"{count} faces, used the largest, which agrees with this person's other "
+            f"examples ({distances[0]:.2f})"
+        )
+    return nearest, (
+        f"{count} faces, used face {nearest + 1} by size: it agrees with this person's other "
+        f"examples ({distances[nearest]:.2f}; the largest is {distances[0]:.2f} away)"
+    )
+
+
+def disagreeing_examples(labels: list[str], embeddings: np.ndarray) -> np.ndarray:
+    """Which examples are likely someone else: further than DISAGREEMENT_DISTANCE from every
+    other example of their person (unlike any of them; a mean would be dragged by the odd one out).
+    A person needs three examples for this to mean anything (with two, neither can be told
+    wrong). Pure function: (n,) bool."""
+    flags = np.zeros(len(labels), dtype=bool)
+    if not len(labels):
+        return flags
+    matrix = np.asarray(embeddings, dtype=np.float64)
+    names = np.asarray(labels, dtype=str)
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        if len(rows) < 3:
+            continue
+        distances = _euclidean(matrix[rows], matrix[rows])
+        np.fill_diagonal(distances, np.inf)
+        flags[rows] = distances.min(axis=1) > DISAGREEMENT_DISTANCE
+    return flags

@@ -7,16 +7,40 @@ gallery's content hash, so publishing the same content twice yields the same row
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from recognition.gallery.matching import Gallery
+from recognition.gallery.matching import DEFAULT_TARGET_FPIR, Gallery, disagreeing_examples
 from recognition.models import FaceSample, GallerySnapshot, Identity
+
+
+def target_fpir() -> float:
+    """FACESITE_TARGET_FPIR: the share of strangers the service may name (false-positive
+    identification rate) that each published gallery's operating point is calibrated for.
+    A Django setting of that name wins over the environment variable; default 0.01."""
+    raw = getattr(settings, "FACESITE_TARGET_FPIR", None)
+    if raw is None:
+        raw = os.environ.get("FACESITE_TARGET_FPIR", "")
+    text = str(raw).strip()
+    if not text:
+        return DEFAULT_TARGET_FPIR
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise ImproperlyConfigured(
+            f"FACESITE_TARGET_FPIR must be a number between 0 and 1 (e.g. 0.01), got {text!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -108,13 +132,44 @@ def gallery_from_samples(embedder: str) -> Gallery:
     return Gallery(embedder, labels, np.vstack(vectors))
 
 
-def publish_snapshot(embedder: str) -> tuple[GallerySnapshot, Gallery]:
-    """Export the embedder's samples as the newest snapshot; idempotent for unchanged content.
+def known_embeddings(embedder: str, labels: Iterable[str]) -> dict[str, np.ndarray]:
+    """label -> (n, dim) embeddings already enrolled for these identities (enrolment uses them
+    to tell which face of a group photo is the person)."""
+    found: dict[str, list[np.ndarray]] = {}
+    rows = FaceSample.objects.filter(
+        embedder=embedder, identity__name__in=list(labels)
+    ).values_list("identity__name", "embedding")
+    for name, data in rows.iterator():
+        found.setdefault(name, []).append(embedding_from_bytes(data))
+    return {name: np.vstack(vectors) for name, vectors in found.items()}
+
+
+def flag_disagreeing(embedder: str) -> list[FaceSample]:
+    """Recompute FaceSample.disagrees for every sample of this embedder; the flagged rows."""
+    rows = list(FaceSample.objects.filter(embedder=embedder).select_related("identity"))
+    if not rows:
+        return []
+    flags = disagreeing_examples(
+        [row.identity.name for row in rows],
+        np.vstack([embedding_from_bytes(row.embedding) for row in rows]),
+    )
+    changed = []
+    for row, flag in zip(rows, flags, strict=True):
+        if row.disagrees != bool(flag):
+            row.disagrees = bool(flag)
+            changed.append(row)
+    FaceSample.objects.bulk_update(changed, ["disagrees"])
+    return [row for row, flag in zip(rows, flags, strict=True) if flag]
+
+
+def publish_snapshot(embedder: str, fpir: float | None = None) -> tuple[GallerySnapshot, Gallery]:
+    """Export the embedder's samples, with the operating point calibrated for ``fpir`` (default
+    FACESITE_TARGET_FPIR), as the newest snapshot; idempotent for unchanged content.
 
     Publishing content that an older snapshot already holds (say, after ``enroll --replace`` put
     the gallery back the way it was) makes that row the latest again instead of duplicating it.
     """
-    gallery = gallery_from_samples(embedder)
+    gallery = gallery_from_samples(embedder).calibrated(target_fpir() if fpir is None else fpir)
     with transaction.atomic():
         snapshot, created = GallerySnapshot.objects.get_or_create(
             version=gallery.version,

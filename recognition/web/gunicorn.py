@@ -4,9 +4,18 @@ Threads, not processes, hold the waiting uploads: a waiting request costs a bloc
 so a couple of processes with many threads hold a thousand simultaneous uploads.
 """
 
+import os
+import shutil
+
 from facesite.config import load as _load_config
 
 _config = _load_config()
+# Every process of this gunicorn counts its metrics into files here, which /metrics adds up
+# (facesite/metrics.py). One folder per bind address: two gunicorns on one machine (two web
+# tiers on two ports) must not empty each other's. Set before any process imports
+# prometheus_client, which reads it at import.
+_metrics_dir = _config.metrics_dir / _config.bind.replace(":", "_").replace("/", "_")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 bind = _config.bind
 workers = _config.web_processes
 worker_class = "gthread"
@@ -18,8 +27,14 @@ backlog = 2048
 timeout = 60
 graceful_timeout = 10
 keepalive = 5
-accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# No access log: facesite.metrics' middleware logs one line per request, with its request id.
+accesslog = None
+
+
+def on_starting(server: object) -> None:
+    # Counters of a previous run's processes would otherwise be added to this run's.
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True)
 
 
 def post_worker_init(worker: object) -> None:
@@ -31,6 +46,13 @@ def post_worker_init(worker: object) -> None:
     # first upload to another shouldn't pay for the imports.
     get_resolver().resolve("/")
     start_consumers()
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    # Its live gauges' files go; its counters stay in the sums, as Prometheus expects.
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def worker_exit(server: object, worker: object) -> None:

@@ -6,6 +6,10 @@ one read for a request waiting elsewhere is passed on, as a datagram naming the 
 wake socket of the process the request's row names (`reply_to`). A sweeper that looks up, in
 one query, which of this process's waiting requests are complete is the backstop for a datagram
 that never arrives.
+
+Beside them, dead-letter consumers read the request queue's dead-letter queue: a task there
+was delivered FACESITE_MAX_RECEIVES times without a result, so its request is recorded as
+failed (our fault) and woken the same way, instead of waiting for the reply timeout.
 """
 
 import logging
@@ -20,7 +24,7 @@ from django.db import connection
 
 from facesite import aws
 from recognition import lifecycle
-from recognition.messages import ResultMessage
+from recognition.messages import ResultMessage, refused, task_request_id
 from recognition.models import UploadRequest
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,8 @@ def record_result(result: ResultMessage) -> bool:
             faces=result.faces,
             result_status=lifecycle.http_status(result.outcome),
             error=result.error,
+            outcome=result.outcome,
+            result=result.payload,
             worker_instance_id=result.instance,
             started_at=_timestamp(result.started),
             finished_at=_timestamp(result.finished),
@@ -84,13 +90,21 @@ def record_result(result: ResultMessage) -> bool:
     return bool(updated)
 
 
-class ResponseConsumer(threading.Thread):
-    """Long-polls the response queue; deletes each message once its row is recorded."""
+class QueueConsumer(threading.Thread):
+    """Long-polls one queue in batches: records each message in its request's history row,
+    wakes the request, and deletes the batch once every row is written."""
 
-    def __init__(self, stop: threading.Event, name: str = "response-consumer") -> None:
+    def __init__(self, stop: threading.Event, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.stop = stop
         self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def queue_url(self) -> str:
+        raise NotImplementedError
+
+    def record(self, body: str) -> str | None:
+        """Record one message; the request id to wake, or None for a body that is dropped."""
+        raise NotImplementedError
 
     def run(self) -> None:
         sqs = aws.client("sqs")
@@ -98,14 +112,14 @@ class ResponseConsumer(threading.Thread):
             while not self.stop.is_set():
                 try:
                     messages = sqs.receive_message(
-                        QueueUrl=aws.names().response_queue_url,
+                        QueueUrl=self.queue_url(),
                         MaxNumberOfMessages=10,
                         WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
                     ).get("Messages", [])
                     if messages:
                         self.handle(messages)
                 except Exception:
-                    logger.exception("response consumer: receive failed; retrying in 1 s")
+                    logger.exception("%s: receive failed; retrying in 1 s", self.name)
                     connection.close()  # a broken database connection is opened afresh
                     self.stop.wait(1.0)
 
@@ -113,23 +127,15 @@ class ResponseConsumer(threading.Thread):
         done = []
         waiting_elsewhere = []
         for message in messages:
-            try:
-                result = ResultMessage.from_json(message["Body"])
-                uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
-            except (ValueError, TypeError):
-                logger.error("response consumer: dropping malformed message %r", message["Body"])
-            else:
-                record_result(result)
-                if not waiters.wake(result.request_id):
-                    waiting_elsewhere.append(result.request_id)
+            request_id = self.record(message["Body"])
+            if request_id is not None and not waiters.wake(request_id):
+                waiting_elsewhere.append(request_id)
             done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})
         if waiting_elsewhere:
             self.pass_on(waiting_elsewhere)
         # Deleted only after the rows are written: a process that dies before this point leaves
-        # the results to come back after the visibility timeout, and recording is idempotent.
-        aws.client("sqs").delete_message_batch(
-            QueueUrl=aws.names().response_queue_url, Entries=done
-        )
+        # the messages to come back after the visibility timeout, and recording is idempotent.
+        aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url(), Entries=done)
 
     def pass_on(self, request_ids: list[str]) -> None:
         """Tell the processes these requests wait in that their rows are complete."""
@@ -145,6 +151,60 @@ class ResponseConsumer(threading.Thread):
             except (OSError, ValueError) as error:
                 # The waiting process's sweeper still finds the row complete.
                 logger.warning("could not pass on request %s to %s: %s", request_id, address, error)
+
+
+class ResponseConsumer(QueueConsumer):
+    """Reads the workers' results from the response queue."""
+
+    def __init__(self, stop: threading.Event, name: str = "response-consumer") -> None:
+        super().__init__(stop, name)
+
+    def queue_url(self) -> str:
+        return aws.names().response_queue_url
+
+    def record(self, body: str) -> str | None:
+        try:
+            result = ResultMessage.from_json(body)
+            uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
+        except (ValueError, TypeError):
+            logger.error("response consumer: dropping malformed message %r", body)
+            return None
+        recorded = record_result(result)
+        logger.info(
+            "request %s result %s from %s%s",
+            result.request_id,
+            result.outcome,
+            result.instance or "a worker",
+            "" if recorded else " (a redelivery: already recorded)",
+            extra={"request_id": result.request_id},
+        )
+        return result.request_id
+
+
+class DeadLetterConsumer(QueueConsumer):
+    """Reads the request queue's dead-letter queue: a recognition task there was delivered
+    FACESITE_MAX_RECEIVES times without a result, so its request fails, as our fault."""
+
+    def __init__(self, stop: threading.Event, name: str = "dead-letter-consumer") -> None:
+        super().__init__(stop, name)
+
+    def queue_url(self) -> str:
+        return aws.names().request_dead_letter_queue_url
+
+    def record(self, body: str) -> str | None:
+        try:
+            request_id = task_request_id(body)
+        except ValueError as error:
+            logger.error("dead-letter consumer: dropping %r (%s)", body[:300], error)
+            return None
+        detail = (
+            f"No worker completed the task: it was delivered {settings.FACESITE_MAX_RECEIVES}"
+            " times without a result, then moved to the dead-letter queue (see the worker logs"
+            " for this request id)."
+        )
+        if record_result(refused(lifecycle.Outcome.FAILED, detail).stamped(request_id=request_id)):
+            logger.error("request %s failed: its task was dead-lettered", request_id)
+        return request_id
 
 
 class WakeListener(threading.Thread):
@@ -217,12 +277,15 @@ def start_consumers() -> None:
         _threads.append(listener)
         for index in range(settings.FACESITE_RESPONSE_CONSUMERS):
             _threads.append(ResponseConsumer(_stop, name=f"response-consumer-{index}"))
+        for index in range(settings.FACESITE_DEAD_LETTER_CONSUMERS):
+            _threads.append(DeadLetterConsumer(_stop, name=f"dead-letter-consumer-{index}"))
         _threads.append(Sweeper(_stop, settings.FACESITE_SWEEP_INTERVAL))
         for thread in _threads:
             thread.start()
         logger.info(
-            "response consumers started (%d), wake socket %s",
+            "response consumers started (%d, dead-letter %d), wake socket %s",
             settings.FACESITE_RESPONSE_CONSUMERS,
+            settings.FACESITE_DEAD_LETTER_CONSUMERS,
             _reply_address,
         )
 

@@ -1,13 +1,16 @@
 """An upload's journey through the web tier: validate, store in S3, queue, wait, answer.
 
 Every refusal is an `UploadRefused` with an HTTP status and one plain sentence; the view turns
-anything this module returns or raises into a text/plain reply.
+anything this module returns or raises into a text/plain reply. The service API's calls take
+the same journey (`run_request`) with their own task and reply.
 """
 
 import json
 import logging
 import posixpath
 import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -22,7 +25,8 @@ from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
 from recognition.messages import send_recognize_task
-from recognition.models import UploadRequest
+from recognition.metrics import observe_stages
+from recognition.models import UploadRequest, file_stem
 from recognition.web.responses import reply_address, waiters
 
 logger = logging.getLogger(__name__)
@@ -51,8 +55,16 @@ def clean_file_name(raw: str) -> str:
     name = posixpath.basename(raw.replace("\\", "/")).strip()
     if not name or name in {".", ".."}:
         raise UploadRefused(400, "The uploaded file has no name.")
-    if any(ord(char) < 32 for char in name):
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
         raise UploadRefused(400, "The file name contains control characters.")
+    # The stem is the output bucket's key and the reply's first part: S3 has no empty key, and
+    # "." or ".." are not keys its path-style addresses can carry.
+    if file_stem(name).strip() in {"", ".", ".."}:
+        raise UploadRefused(400, "The file name needs a name before its extension.")
+    try:
+        name.encode("utf-8")  # S3 keys are UTF-8; a lone surrogate has no encoding
+    except UnicodeEncodeError as error:
+        raise UploadRefused(400, "The file name is not valid text.") from error
     if len(json.dumps(json.dumps(name))) > MAX_FILE_NAME_WIRE_BYTES:
         raise UploadRefused(400, "The file name is too long.")
     return name
@@ -84,17 +96,53 @@ def current_gallery_version() -> str:
 
 def handle_upload(file_name: str, data: bytes) -> Reply:
     """Store, queue and wait for one validated upload; the history row follows each stage."""
-    row = UploadRequest.objects.create(
-        file_name=file_name, received_at=timezone.now(), reply_to=reply_address()
+    row = new_request(file_name)
+    return run_request(
+        row,
+        [(file_name, data)],
+        lambda row, versions: send_recognize_task(
+            str(row.pk), row.file_name, versions[0], row.gallery_version
+        ),
+        reply_for,
     )
+
+
+def new_request(file_name: str, kind: str = UploadRequest.Kind.UPLOAD) -> UploadRequest:
+    """The history row of a request that has just arrived, naming this process to wake."""
+    return UploadRequest.objects.create(
+        file_name=file_name, kind=kind, received_at=timezone.now(), reply_to=reply_address()
+    )
+
+
+class HasStatus(Protocol):
+    status: int
+
+
+ReplyT = TypeVar("ReplyT", bound=HasStatus)
+# Sends the request's task once its objects are stored: (row, S3 version of each object).
+SendTask = Callable[[UploadRequest, list[str]], None]
+
+
+def run_request(
+    row: UploadRequest,
+    objects: Sequence[tuple[str, bytes]],
+    send: SendTask,
+    reply: Callable[[UploadRequest], ReplyT],
+) -> ReplyT:
+    """The journey every request takes, whatever its task: put its objects (S3 key, bytes) in
+    the input bucket, send its task, wait for the result and answer from the history row.
+    Raises UploadRefused(503) when storage or queueing fails."""
     request_id = str(row.pk)
     arrived = waiters.register(request_id)
     try:
         try:
-            store_and_queue(row, data)
+            store_and_queue(row, objects, send)
         except (BotoCoreError, ClientError, OperationalError) as error:
             logger.error(
-                "upload %s (%s) could not be stored or queued: %s", request_id, file_name, error
+                "request %s (%s) could not be stored or queued: %s",
+                request_id,
+                row.file_name,
+                error,
             )
             unavailable = "Storage or queueing is unavailable right now; try again shortly."
             UploadRequest.objects.filter(pk=row.pk).update(
@@ -111,26 +159,33 @@ def handle_upload(file_name: str, data: bytes) -> Reply:
         waiters.discard(request_id)
 
     row.refresh_from_db()
-    reply = reply_for(row)
+    answer = reply(row)
+    replied_at = timezone.now()
     UploadRequest.objects.filter(pk=row.pk).update(
-        replied_at=timezone.now(), reply_status=reply.status
+        replied_at=replied_at, reply_status=answer.status
     )
-    return reply
+    observe_stages(row, replied_at)
+    return answer
 
 
-def store_and_queue(row: UploadRequest, data: bytes) -> None:
-    """Put the image in the input bucket and send its task, recording both stages."""
-    with _aws_slots:
-        stored = aws.client("s3").put_object(
-            Bucket=aws.names().input_bucket, Key=row.file_name, Body=data
-        )
-    row.s3_version = stored.get("VersionId") or ""
+def store_and_queue(
+    row: UploadRequest, objects: Sequence[tuple[str, bytes]], send: SendTask
+) -> None:
+    """Put the request's objects in the input bucket and send its task, recording both stages."""
+    versions = []
+    for key, data in objects:
+        with _aws_slots:
+            stored = aws.client("s3").put_object(
+                Bucket=aws.names().input_bucket, Key=key, Body=data
+            )
+        versions.append(stored.get("VersionId") or "")
+    row.s3_version = versions[0]
     row.gallery_version = current_gallery_version()
     row.stored_at = timezone.now()
     row.status = UploadRequest.Status.STORED
     row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
     with _aws_slots:
-        send_recognize_task(str(row.pk), row.file_name, row.s3_version, row.gallery_version)
+        send(row, versions)
     # A result may already be recorded: it keeps its final status.
     UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
         status=UploadRequest.Status.QUEUED, queued_at=timezone.now()

@@ -1,10 +1,11 @@
-"""HTTP endpoints: the upload (the course contract), its small page, and the health check."""
+"""HTTP endpoints: the upload (the course contract), the page at `/`, and the health check."""
 
 import logging
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
@@ -28,7 +29,7 @@ def plain(text: str, status: int = 200, **headers: str) -> HttpResponse:
 @require_http_methods(["GET", "HEAD", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return render(request, "recognition/upload.html", {"field": FIELD})
+        return page(request)
     try:
         file_name, data = read_upload(request)
         validate_image(data)
@@ -36,6 +37,20 @@ def index(request: HttpRequest) -> HttpResponse:
     except UploadRefused as refusal:
         return plain(refusal.message, refusal.status)
     return plain(reply.text, reply.status, **{"X-Request-Id": reply.request_id})
+
+
+def page(request: HttpRequest) -> HttpResponse:
+    """The page people use: drop a photo, see every face boxed and named. It calls the JSON API
+    with the key configured for it, or else with the visitor's staff session (and CSRF token);
+    without JavaScript its form posts to the course endpoint."""
+    staff = request.user.is_authenticated and request.user.is_staff
+    key = settings.FACESITE_PAGE_API_KEY
+    config = {"key": key, "csrf": get_token(request) if staff and not key else ""}
+    return render(
+        request,
+        "recognition/page.html",
+        {"field": FIELD, "page_key": key, "staff": staff, "page_config": config},
+    )
 
 
 def read_upload(request: HttpRequest) -> tuple[str, bytes]:
@@ -70,6 +85,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
             QueueUrl=aws.names().request_queue_url, AttributeNames=["QueueArn"]
         )
     except Exception as error:
+        # The error names endpoints, buckets and accounts: the log's, not an anonymous client's.
         logger.warning("health check failed: %s", error)
-        return plain(f"AWS is not reachable or not provisioned: {error}", 503)
+        return plain("Storage or queues are not reachable or not provisioned.", 503)
     return plain("ok")

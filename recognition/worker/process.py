@@ -32,7 +32,7 @@ def run_worker(instance: str = "") -> None:
 
     if instance:
         os.environ["FACESITE_INSTANCE_ID"] = instance
-        selfstop.instance_id.cache_clear()
+        selfstop.instance_id.forget()
     # Load the models before consuming, so the first task doesn't pay for it.
     get_engine()
     app.worker_main(worker_argv(instance))

@@ -121,12 +121,20 @@ def test_port_matches_dlib(aligned_chips: np.ndarray) -> None:
 
 
 def test_engine_embeddings_are_the_ports(dlib_engine, aligned_chips: np.ndarray) -> None:
-    """The engine's embedder (channels-last, batched) computes the same as the plain network."""
+    """The engine's embedder (channels-last, batched) computes what the plain network gives;
+    mirrored, the mean of the chip's and its mirror image's."""
     import torch
 
     network = load_dlib_resnet()
+    mirrored = np.ascontiguousarray(aligned_chips[:, :, ::-1])
     with torch.inference_mode():
-        plain = network(torch.from_numpy(aligned_chips).permute(0, 3, 1, 2).float()).numpy()
+        views = [
+            network(torch.from_numpy(chips).permute(0, 3, 1, 2).float()).numpy()
+            for chips in (aligned_chips, mirrored)
+        ]
         engine = dlib_engine.embedder.embed(aligned_chips)
+        mirrored_engine = dlib_engine.embedder.embed(aligned_chips, mirror=True)
+    assert np.abs(mirrored_engine - (views[0] + views[1]) / 2).max() < 1e-4
+    plain = views[0]
     assert engine.dtype == np.float32 and engine.shape == (len(aligned_chips), 128)
     assert np.abs(engine - plain).max() < 1e-4

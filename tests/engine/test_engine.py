@@ -228,7 +228,8 @@ def test_load_engine_knobs() -> None:
         torch.set_num_threads(before)
     default = load_engine("dlib")
     assert torch.get_num_threads() == before  # threads=0 leaves torch's own setting
-    assert (default.threshold, default.top_k) == (0.6, 3)  # dlib's own threshold
+    # No distance threshold: answers follow the gallery's calibrated operating point.
+    assert (default.threshold, default.top_k) == (None, 3)
 
 
 FORK_SCRIPT = """

@@ -8,6 +8,7 @@ import shutil
 from io import StringIO
 from pathlib import Path
 
+import pytest
 from django.core.management import call_command
 
 from .conftest import course_labels, course_photo
@@ -48,3 +49,43 @@ def test_course_ten_photos_recognise_all_thousand(engine, course_dir: Path, tmp_
     assert report["gallery"]["samples"] == 10 and report["gallery"]["skipped"] == []
     assert report["probes"] == 1000 and report["probes_skipped"] == []
     assert report["correct"] == 1000, report["mistakes"]
+
+
+LFW_DEV_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "lfw_dev"
+
+
+@pytest.fixture(scope="module")
+def lfw_dev_report(engine) -> dict:
+    """lfw_dev's protocol through the default configuration: the first three photos of each
+    of the 80 known people enrolled, the other 386 and all 600 strangers probed (~1-2 min)."""
+    if not LFW_DEV_DIR.is_dir():
+        pytest.fail(f"the lfw_dev dataset is missing: {LFW_DEV_DIR}")
+    return evaluate(
+        "--gallery",
+        str(LFW_DEV_DIR / "known"),
+        "--enroll-first",
+        "3",
+        "--probes",
+        str(LFW_DEV_DIR / "strangers"),
+    )
+
+
+def test_lfw_dev_strangers_are_unknown_at_the_self_chosen_operating_point(lfw_dev_report):
+    open_set = lfw_dev_report["open_set"]
+    assert (open_set["known_probes"], open_set["stranger_probes"]) == (386, 600)
+    assert lfw_dev_report["operating_point"]["method"] == "quantile"
+    # The threshold the system picked from the gallery alone holds the target on strangers.
+    assert open_set["fpir"] <= 0.01
+    # Where the method stands today (0.915); a regression guard, not the goal (next test).
+    assert open_set["tpir"] >= 0.91
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 9's goal, not reached yet: TPIR 0.915 at the self-chosen point (FPIR 0.005), "
+    "0.925 at FPIR 0.01 read off the strangers",
+)
+def test_lfw_dev_open_set_goal(lfw_dev_report):
+    open_set = lfw_dev_report["open_set"]
+    assert open_set["fpir"] <= 0.01
+    assert open_set["tpir"] >= 0.95

@@ -12,10 +12,10 @@ from django.core.management.base import CommandError
 
 from recognition.engine import VGGFACE2_EMBEDDER
 from recognition.gallery import store
-from recognition.gallery.matching import UNKNOWN
+from recognition.gallery.matching import AGREEMENT_DISTANCE, UNKNOWN
 from recognition.models import FaceSample, GallerySnapshot
 
-from .conftest import course_photo, write_blank_image
+from .conftest import course_photo, write_blank_image, write_group_photo
 
 ENROLLED = {
     "Paul/test_00.jpg",
@@ -54,7 +54,7 @@ def test_enroll_reports_every_case_is_idempotent_and_replaces(engine, course_tre
     group = gallery.embeddings[gallery.labels.index("Group")]
     paul = gallery.embeddings[gallery.labels.index("Paul")]
     bob = gallery.embeddings[gallery.labels.index("Bob")]
-    assert np.linalg.norm(group - paul) < engine.threshold < np.linalg.norm(group - bob)
+    assert np.linalg.norm(group - paul) < AGREEMENT_DISTANCE < np.linalg.norm(group - bob)
 
     # Re-running updates in place. An image removed from DIR keeps its sample (enroll adds)...
     ids = set(rows.values_list("pk", flat=True))
@@ -193,3 +193,68 @@ def test_importgallery_rejects_other_files(tmp_path: Path):
     bogus.write_bytes(b"not a torch file")
     with pytest.raises(CommandError, match="cannot load"):
         run("importgallery", str(bogus))
+
+
+BEN_AFFLECK = (  # four one-face photos of him
+    "httpcsvkmeuaeccjpg.jpg",
+    "httpimagesfandangocomrImageRendererredesignstaticimgnoxportraitjpgpcpcpcimagesmaster"
+    "repositoryperformerimagespjpg.jpg",
+    "httpssmediacacheakpinimgcomxdbbdbbbececacdecdcdfjpg.jpg",
+    "httpssmediacacheakpinimgcomxdfdfadcfeabjpg.jpg",
+)
+MADONNA = "httpiamediaimdbcomimagesMMVBMTANDQNTAxNDVeQTJeQWpwZBbWUMDIMjQOTYVUXCRALjpg.jpg"
+
+
+@pytest.mark.django_db
+def test_enroll_uses_the_face_that_agrees_and_flags_the_odd_example(
+    engine, course_dir: Path, five_celebrity_dir: Path, tmp_path: Path
+):
+    tree = tmp_path / "tree"
+    (tree / "Bob").mkdir(parents=True)
+    shutil.copy(course_photo(course_dir, "test_02"), tree / "Bob")
+    # Bob stands beside a larger Paul: the largest face is the wrong one.
+    write_group_photo(
+        tree / "Bob" / "group.jpg",
+        large=course_photo(course_dir, "test_00"),
+        small=course_photo(course_dir, "test_02"),
+    )
+    # Four photos of Ben Affleck and one of Madonna filed under Ben.
+    ben = tree / "Ben"
+    ben.mkdir()
+    for name in BEN_AFFLECK:
+        shutil.copy(five_celebrity_dir / "train" / "ben_afflek" / name, ben)
+    shutil.copy(five_celebrity_dir / "train" / "madonna" / MADONNA, ben)
+
+    out, _ = run("enroll", str(tree), "-v", "0")
+    assert "Bob/group.jpg: 2 faces, used face 2 by size: it agrees" in out
+    assert "1 examples disagree with the rest of their person" in out
+    assert f"  Ben/{MADONNA} (Ben)" in out
+    flagged = FaceSample.objects.filter(disagrees=True)
+    assert list(flagged.values_list("source_image", flat=True)) == [f"Ben/{MADONNA}"]
+
+    gallery = store.current_gallery(engine.embedder_name)
+    samples = {
+        row.source_image: np.frombuffer(bytes(row.embedding), dtype="<f4")
+        for row in FaceSample.objects.all()
+    }
+    assert np.linalg.norm(samples["Bob/group.jpg"] - samples["Bob/test_02.jpg"]) < 0.3
+    assert "operating point: threshold" in out
+    assert gallery.operating_point.method == "prior"  # 7 impostor trials: too few for 1%
+
+
+@pytest.mark.django_db
+def test_calibrate_explains_and_publishes(engine, course_tree: Path):
+    with pytest.raises(CommandError, match="empty"):
+        run("calibrate")
+    run("enroll", str(course_tree), "-v", "0")
+    snapshots = GallerySnapshot.objects.count()
+    out, _ = run("calibrate", "--dry-run")
+    assert "target FPIR 0.01: threshold" in out and "impostor trials" in out
+    assert GallerySnapshot.objects.count() == snapshots
+    out, _ = run("calibrate", "--target-fpir", "0.2")
+    assert "target FPIR 0.2: threshold" in out
+    latest = store.current_gallery(engine.embedder_name)
+    assert latest.operating_point.target_fpir == 0.2
+    assert f"snapshot version {latest.version}" in out
+    with pytest.raises(CommandError, match="between 0 and 1"):
+        run("calibrate", "--target-fpir", "2")

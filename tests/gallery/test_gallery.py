@@ -8,7 +8,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from recognition.gallery.matching import UNKNOWN, Candidate, Gallery, GalleryFormatError, Match
+from recognition.gallery.matching import (
+    FORMAT_VERSION,
+    UNKNOWN,
+    Candidate,
+    Gallery,
+    GalleryFormatError,
+    Match,
+    choose_face,
+    choose_operating_point,
+    disagreeing_examples,
+)
 
 
 def small_gallery() -> Gallery:
@@ -200,11 +210,15 @@ def _npz(**arrays) -> bytes:
         (b"not a gallery at all", "not a readable"),
         (_npz(x=np.zeros(3)), "no facesite-gallery tag"),
         (_npz(format=np.array("facesite-gallery"), format_version=np.array(99)), "version 99"),
-        (_npz(format=np.array("facesite-gallery"), format_version=np.array(1)), "not a readable"),
+        (_npz(format=np.array("facesite-gallery"), format_version=np.array(1)), "version 1"),
+        (
+            _npz(format=np.array("facesite-gallery"), format_version=np.array(FORMAT_VERSION)),
+            "not a readable",
+        ),
         (  # a pickled field is refused, never unpickled
             _npz(
                 format=np.array("facesite-gallery"),
-                format_version=np.array(1),
+                format_version=np.array(FORMAT_VERSION),
                 embedder=np.array([{"pickled": True}], dtype=object),
             ),
             "not a readable",
@@ -240,3 +254,111 @@ def test_match_is_fast_on_ten_thousand_samples():
         runs.append(time.perf_counter() - started)
     per_face = min(runs) / len(queries)
     assert per_face < 1e-3, f"{per_face * 1e3:.2f} ms per face"
+
+
+# --- the open-set rule ------------------------------------------------------------------------
+
+
+def three_people() -> Gallery:
+    """A at (0, 0), B at (1, 0), C at (0, 1): three examples each, 0.05 around the centre."""
+    spread = np.array([[0.05, 0.0], [-0.05, 0.0], [0.0, 0.05]])
+    centres = {"A": (0.0, 0.0), "B": (1.0, 0.0), "C": (0.0, 1.0)}
+    labels = [name for name in centres for _ in spread]
+    rows = np.vstack([np.array(centre) + spread for centre in centres.values()])
+    return Gallery("test", labels, rows)
+
+
+def test_identify_names_a_clear_match_and_not_a_face_between_two_people():
+    gallery = three_people().with_threshold(0.2)
+    clear, between = gallery.identify(np.array([[0.02, 0.0], [0.49, 0.0]]), top_k=2)
+    assert clear.name == "A" and clear.score > 0.2
+    # The distance is to A's mean, (0, 0.05 / 3), not to its nearest example.
+    assert clear.distance == pytest.approx(np.hypot(0.02, 0.05 / 3), abs=1e-6)
+    # About half-way between A and B: not clearly nearer one than the other, so no name,
+    # although a single distance threshold of 0.6 (dlib's) would have named it.
+    assert between.name == UNKNOWN and between.score < 0.2
+    assert [c.name for c in between.candidates] == ["A", "B"]
+    assert between.threshold == 0.2
+
+
+def test_identify_with_an_empty_gallery_is_unknown():
+    [match] = Gallery.empty("test").identify(np.zeros((1, 2)))
+    assert match == Match(UNKNOWN, math.inf, [])
+
+
+def test_operating_point_is_the_quantile_of_impostor_scores():
+    impostors = np.arange(100) / 100.0
+    point = choose_operating_point(impostors, 0.01)
+    assert point.method == "quantile" and point.impostors == 100
+    assert point.threshold == 0.98  # named means score > threshold: only 0.99 gets through
+    assert point.impostor_fpir == 0.01
+    assert choose_operating_point(impostors, 0.05).threshold == 0.94
+
+
+def test_too_few_impostors_give_the_prior():
+    prior = choose_operating_point(np.zeros(0), 0.01)
+    assert prior.method == "prior" and prior.impostors == 0
+    few = choose_operating_point(np.array([-2.0, 5.0]), 0.01)
+    assert few.method == "prior" and few.threshold == prior.threshold
+    assert few.impostor_fpir == 0.5  # reported, so an operator sees it
+    # 100 trials resolve 1%: then the quantile decides.
+    assert choose_operating_point(np.full(100, 5.0), 0.01).method == "quantile"
+    with pytest.raises(ValueError):
+        choose_operating_point(np.zeros(3), 0.0)
+
+
+def test_calibration_holds_on_strangers_it_never_saw():
+    # People are points in 16-D; photos of a person scatter around it. The gallery holds three
+    # photos of 80 people; 3,000 strangers (other people's photos) and fresh photos of the
+    # enrolled people probe it.
+    rng = np.random.default_rng(7)
+    dim, people, scatter = 16, 80, 0.3
+
+    def photos(centres: np.ndarray, count: int) -> np.ndarray:
+        return np.repeat(centres, count, axis=0) + rng.normal(
+            scale=scatter / np.sqrt(dim), size=(len(centres) * count, dim)
+        )
+
+    centres = rng.normal(scale=1 / np.sqrt(dim), size=(people, dim))
+    labels = [f"p{i}" for i in range(people) for _ in range(3)]
+    gallery = Gallery("test", labels, photos(centres, 3)).calibrated(0.01)
+    point = gallery.operating_point
+    assert point.method == "quantile" and point.impostors == 240
+
+    strangers = photos(rng.normal(scale=1 / np.sqrt(dim), size=(3000, dim)), 1)
+    named = [m.name != UNKNOWN for m in gallery.identify(strangers)]
+    assert np.mean(named) <= 0.02  # target 0.01; the calibration has 240 trials to go on
+    probes = photos(centres, 2)
+    truth = [f"p{i}" for i in range(people) for _ in range(2)]
+    right = [m.name == t for m, t in zip(gallery.identify(probes), truth, strict=True)]
+    assert np.mean(right) >= 0.9
+
+
+def test_the_operating_point_travels_in_the_snapshot_and_the_version():
+    gallery = three_people().calibrated(0.01)
+    restored = Gallery.from_bytes(gallery.to_bytes())
+    assert restored.operating_point == gallery.operating_point
+    assert restored.version == gallery.version
+    assert gallery.with_threshold(0.123).version != gallery.version
+    assert (
+        Gallery.from_bytes(gallery.with_threshold(0.123).to_bytes()).operating_point.threshold
+        == 0.123
+    )
+
+
+def test_choose_face_prefers_the_one_that_agrees():
+    faces = np.array([[1.0, 0.0], [0.0, 0.1]])  # the largest first
+    assert choose_face(faces, None)[0] == 0
+    chosen, why = choose_face(faces, np.array([0.0, 0.0]))
+    assert chosen == 1 and "face 2" in why and "agrees" in why
+    chosen, why = choose_face(faces, np.array([5.0, 5.0]))  # neither is this person
+    assert chosen == 0 and "none agrees" in why
+
+
+def test_disagreeing_examples_are_the_ones_far_from_the_rest():
+    rows = np.array([[0.0, 0.0], [0.65, 0.0], [0.0, 0.1], [2.0, 2.0], [5.0, 5.0], [5.0, 6.0]])
+    labels = ["a", "a", "a", "a", "b", "b"]
+    flags = disagreeing_examples(labels, rows)
+    # "a"'s fourth example is someone else; its second is only unlike (0.65 from) the others;
+    # "b" has two examples, so neither can be told wrong.
+    assert flags.tolist() == [False, False, False, True, False, False]

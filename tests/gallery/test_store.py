@@ -1,4 +1,4 @@
-"""gallery_store: FaceSample rows in, content-addressed GallerySnapshot rows out."""
+"""recognition.gallery.store: FaceSample rows in, content-addressed GallerySnapshot rows out."""
 
 import numpy as np
 import pytest

@@ -1,14 +1,23 @@
 """How a recorded result reaches the request waiting for it, in this process or another."""
 
+import json
 import threading
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from django.utils import timezone
 
+from recognition.lifecycle import reply_for
+from recognition.messages import RECOGNIZE_UPLOAD
 from recognition.models import UploadRequest
 from recognition.web import uploads
-from recognition.web.responses import ResponseConsumer, Sweeper, WakeListener, waiters
+from recognition.web.responses import (
+    DeadLetterConsumer,
+    ResponseConsumer,
+    Sweeper,
+    WakeListener,
+    waiters,
+)
 from recognition.web.uploads import UploadRefused, handle_upload
 
 
@@ -101,3 +110,42 @@ def test_a_malformed_result_is_dropped_and_deleted(stop, monkeypatch, caplog):
         consumer.handle(messages)
     assert [entry["ReceiptHandle"] for entry in sqs.deleted] == ["r1", "r2"]
     assert caplog.text.count("dropping malformed message") == 2
+
+
+@pytest.mark.django_db
+def test_a_dead_lettered_task_fails_its_request_and_wakes_it(stop, monkeypatch, caplog):
+    sqs = RecordingSQS()
+    monkeypatch.setattr("recognition.web.responses.aws.client", lambda service: sqs)
+    row = UploadRequest.objects.create(
+        file_name="a.jpg", received_at=timezone.now(), status=UploadRequest.Status.QUEUED
+    )
+    done = UploadRequest.objects.create(
+        file_name="b.jpg", received_at=timezone.now(), status=UploadRequest.Status.DONE, name="Bob"
+    )
+    arrived = waiters.register(str(row.pk))
+
+    def task(request_id):
+        return json.dumps({"body": "[]", "headers": {"task": RECOGNIZE_UPLOAD, "id": request_id}})
+
+    messages = [
+        {"Body": task(str(row.pk)), "ReceiptHandle": "r1"},
+        {"Body": "not a task", "ReceiptHandle": "r2"},
+        # A task whose result did arrive (the delete was lost): its row stays as it is.
+        {"Body": task(str(done.pk)), "ReceiptHandle": "r3"},
+    ]
+    try:
+        consumer = DeadLetterConsumer(stop)
+        with consumer.sender:
+            consumer.handle(messages)
+        assert arrived.is_set()
+    finally:
+        waiters.discard(str(row.pk))
+    assert [entry["ReceiptHandle"] for entry in sqs.deleted] == ["r1", "r2", "r3"]
+    assert "dead-letter consumer: dropping 'not a task'" in caplog.text
+    row.refresh_from_db()
+    assert (row.status, row.result_status) == (UploadRequest.Status.FAILED, 500)
+    assert "dead-letter queue" in row.error
+    reply = reply_for(row)
+    assert reply.status == 500 and str(row.pk) in reply.text and "dead-letter" not in reply.text
+    done.refresh_from_db()
+    assert (done.status, done.name, done.error) == (UploadRequest.Status.DONE, "Bob", "")

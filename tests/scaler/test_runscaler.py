@@ -50,7 +50,9 @@ def app_tier(ec2) -> dict[str, dict]:
     return {next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"): i for i in instances}
 
 
-@pytest.mark.django_db
+# The command closes its database connection after each tick, as in production: on
+# PostgreSQL that ends a test's enclosing transaction, so these run without one.
+@pytest.mark.django_db(transaction=True)
 def test_once_launches_one_instance_per_waiting_message(moto, settings):
     for n in range(4):
         moto.sqs.send_message(QueueUrl=moto.queue, MessageBody=f"request {n}")
@@ -75,7 +77,9 @@ def test_once_launches_one_instance_per_waiting_message(moto, settings):
     assert FleetInstance.objects.filter(state="running").count() == 4
 
 
-@pytest.mark.django_db
+# The command closes its database connection after each tick, as in production: on
+# PostgreSQL that ends a test's enclosing transaction, so these run without one.
+@pytest.mark.django_db(transaction=True)
 def test_once_starts_stopped_instances_and_never_stops_on_a_fresh_start(moto):
     call_command("runscaler", "--once")  # empty queue, no fleet: nothing to do
     assert app_tier(moto.ec2) == {}

@@ -17,9 +17,13 @@ from recognition.management.engine import engine_or_command_error
 class Command(BaseCommand):
     help = (
         "Enrol DIR into the gallery: one sub-folder per identity (its name is the label), images "
-        "directly in it or below. The largest face of each image is used; images without a "
-        "face or that cannot be read are skipped and reported. Re-running updates samples in "
-        "place (keyed by '<label>/<file>' and embedder). Publishes a new gallery snapshot. "
+        "directly in it or below. Of a photo with several faces, the one that agrees with the "
+        "person's other examples is used (the largest when nothing else decides); images "
+        "without a face or that cannot be read are skipped and reported; examples far from "
+        "the rest of their person are reported and flagged in the admin. The snapshot carries "
+        "the operating point calibrated for FACESITE_TARGET_FPIR (see calibrate). "
+        "Re-running updates samples in place (keyed by '<label>/<file>' and embedder). "
+        "Publishes a new gallery snapshot. "
         "With --labels, DIR is a flat folder labelled by a CSV (the course's layout)."
     )
 
@@ -46,7 +50,10 @@ class Command(BaseCommand):
         engine = engine_or_command_error()
 
         identities = sorted({image.label for image in images})
-        run = embed_images(engine, images, show_progress=verbosity > 0)
+        # What is already enrolled helps pick the right face of a group photo; not what
+        # --replace is about to delete.
+        known = {} if replace else store.known_embeddings(engine.embedder_name, identities)
+        run = embed_images(engine, images, show_progress=verbosity > 0, known=known)
         skipped = strays + run.skipped
         if not run.samples:
             # Nothing to store: leave the gallery (and, with --replace, its old samples) as is.
@@ -55,6 +62,7 @@ class Command(BaseCommand):
         saved = store.save_samples(
             engine.embedder_name, run.samples, replace_labels=identities if replace else ()
         )
+        flagged = store.flag_disagreeing(engine.embedder_name)
         snapshot, gallery = store.publish_snapshot(engine.embedder_name)
 
         enrolled = sorted({sample.label for sample in run.samples})
@@ -69,13 +77,23 @@ class Command(BaseCommand):
         )
         for label in sorted(set(identities) - set(enrolled)):
             out.write(self.style.WARNING(f"identity {label}: no usable face, not enrolled"))
-        for source, count in run.several_faces.items():
-            out.write(f"  {source}: {count} faces, used the largest")
+        for source, why in run.face_choices.items():
+            out.write(f"  {source}: {why}")
         self._report_skipped(skipped)
+        if flagged:
+            out.write(
+                self.style.WARNING(
+                    f"{len(flagged)} examples disagree with the rest of their person "
+                    "(likely someone else; flagged in the admin):"
+                )
+            )
+            for row in flagged:
+                out.write(f"  {row.source_image} ({row.identity.name})")
         out.write(
             f"gallery {gallery.embedder}: {len(gallery.identities)} identities, "
             f"{len(gallery)} samples"
         )
+        out.write(f"operating point: {gallery.operating_point.explain()}")
         out.write(self.style.SUCCESS(f"snapshot version {snapshot.version}"))
 
     def _report_skipped(self, skipped: list[Skipped]) -> None:

@@ -14,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Print '<stem>:<name>' for each IMAGE (stem = file name without extension), using the "
         "face engine and the latest gallery snapshot of its embedder, like the workers. The "
-        "largest face is named; 'Unknown' means it is beyond the match threshold. An image "
+        "largest face is named; 'Unknown' means its score is below the gallery's operating "
+        "point (calibrated for FACESITE_TARGET_FPIR). An image "
         "with no face prints '<stem>:' (empty name) and a note on stderr. An image that cannot "
         "be read gets a one-line error on stderr and no output line; the exit status is then 1."
     )
@@ -42,7 +43,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"# gallery {gallery.embedder} {gallery.version[:12]}: "
                 f"{len(gallery.identities)} identities, {len(gallery)} samples; "
-                f"threshold {engine.threshold}"
+                + (
+                    f"operating point: {gallery.operating_point.explain()}"
+                    if engine.threshold is None
+                    else f"nearest example within {engine.threshold} (FACESITE_MATCH_THRESHOLD)"
+                )
             )
 
         failed = 0
@@ -74,9 +79,10 @@ class Command(BaseCommand):
             candidates = ", ".join(
                 f"{candidate.name} {candidate.distance:.3f}" for candidate in found.match.candidates
             )
+            score = "" if found.match.score is None else f" score {found.match.score:.3f}"
             self.stdout.write(
                 f"  face {index}: box ({x0},{y0})-({x1},{y1}) p={found.face.probability:.3f} "
-                f"-> {found.match.name} [{candidates or 'empty gallery'}]"
+                f"-> {found.match.name} [{candidates or 'empty gallery'}]{score}"
             )
         timings = ", ".join(
             f"{step} {seconds * 1000:.1f} ms" for step, seconds in recognition.timings.items()

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from facesite import aws
 from scaler.fleet import Fleet
 from scaler.loop import ScalerLoop, policy_config
+from scaler.observations import ObservationRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,17 @@ def build_fleet() -> Fleet:
     )
 
 
+def build_recorder() -> ObservationRecorder:
+    names = aws.names()
+    return ObservationRecorder(
+        aws.client("sqs"),
+        response_queue_url=names.response_queue_url,
+        dead_letter_queue_url=names.queue_url(names.request_dead_letter_queue),
+        interval=settings.FACESITE_OBSERVATION_INTERVAL,
+        keep_seconds=settings.FACESITE_OBSERVATION_KEEP_SECONDS,
+    )
+
+
 class Command(BaseCommand):
     help = "Run the app-tier autoscaler: start, launch and stop EC2 workers to match the queue."
 
@@ -77,7 +89,13 @@ class Command(BaseCommand):
         try:
             tick_seconds = tick or settings.FACESITE_SCALER_TICK
             config = policy_config()
-            loop = ScalerLoop(build_fleet(), config, tick_seconds, stopping=stopping)
+            loop = ScalerLoop(
+                build_fleet(),
+                config,
+                tick_seconds,
+                stopping=stopping,
+                observer=build_recorder(),
+            )
             logger.info(
                 "scaler for %s: max %d, %d per instance, warm pool %d, tick %gs, settle %gs",
                 settings.FACESITE_PREFIX,

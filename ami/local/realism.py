@@ -191,11 +191,13 @@ def _install_instances(realism: Realism) -> None:
                 "IncorrectInstanceState",
                 f"The instance '{self.id}' is not in a state from which it can be started.",
             )
+        # Read before moto's own start, which writes its final state over the timeline.
+        upcoming = _upcoming(timeline)
         previous = original_start(self)
         if current == "stopped":
             timeline.set("pending", then="running", after=realism.vary(delays.start_pending))
         else:  # pending or running: nothing changes
-            timeline.set(current, *_pending_rest(timeline, current))
+            timeline.set(current, *upcoming)
         return previous
 
     def stop(self: Any) -> Any:
@@ -208,21 +210,23 @@ def _install_instances(realism: Realism) -> None:
             )
         if current in ("shutting-down", "terminated"):
             raise _ec2_error("IncorrectInstanceState", f"The instance '{self.id}' is not running.")
+        upcoming = _upcoming(timeline)
         previous = original_stop(self)
         if current == "running":
             timeline.set("stopping", then="stopped", after=realism.vary(delays.stopping))
         else:  # stopping or stopped: already on the way
-            timeline.set(current, *_pending_rest(timeline, current))
+            timeline.set(current, *upcoming)
         return previous
 
     def terminate(self: Any) -> Any:
         timeline = _timeline(self)
         current = timeline.state
+        upcoming = _upcoming(timeline)
         previous = original_terminate(self)
         if current == "terminated":
             timeline.set("terminated")
         elif current == "shutting-down":
-            timeline.set(current, *_pending_rest(timeline, current))
+            timeline.set(current, *upcoming)
         else:
             timeline.set(
                 "shutting-down", then="terminated", after=realism.vary(delays.shutting_down)
@@ -278,8 +282,9 @@ def _install_instances(realism: Realism) -> None:
     profiles.install()
 
 
-def _pending_rest(timeline: InstanceTimeline, current: str) -> tuple[str | None, float]:
-    """The transition `timeline` had scheduled from `current`, to keep it when re-setting."""
+def _upcoming(timeline: InstanceTimeline) -> tuple[str | None, float]:
+    """The transition `timeline` has scheduled (state, seconds from now), to keep it when a
+    repeated call (a second stop of a stopping instance) re-sets the current state."""
     upcoming = timeline._next
     if upcoming is None:
         return None, 0.0

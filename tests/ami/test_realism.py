@@ -141,6 +141,23 @@ def test_stop_goes_through_stopping_and_start_through_pending(realistic):
     assert states_until(ec2, instance_id, "terminated") == ["shutting-down", "terminated"]
 
 
+def test_repeated_calls_keep_the_transition_under_way(realistic):
+    # A worker stopping its own instance while the scaler stops it too; a start sent twice.
+    ec2 = client(realistic, "ec2")
+    instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+    wait_until(lambda: state_of(ec2, instance_id) == "pending", 5, "visible")
+    ec2.start_instances(InstanceIds=[instance_id])
+    states_until(ec2, instance_id, "running")
+    ec2.stop_instances(InstanceIds=[instance_id])
+    ec2.stop_instances(InstanceIds=[instance_id])
+    assert states_until(ec2, instance_id, "stopped") == ["stopping", "stopped"]
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    assert states_until(ec2, instance_id, "terminated") == ["shutting-down", "terminated"]
+
+
 def test_filters_skip_a_hidden_instance(realistic):
     ec2 = client(realistic, "ec2")
     marker = uuid.uuid4().hex

@@ -23,6 +23,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_ENDPOINT = "http://127.0.0.1:5000"
 # moto's account: queue URLs on the emulator carry it.
 EMULATOR_ACCOUNT_ID = "123456789012"
+# Public (it is in this file): refused by the web tier on AWS.
+DEVELOPMENT_SECRET_KEY = "facesite-local-development-key-not-for-production"
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -47,8 +49,12 @@ class FacesiteConfig(BaseSettings):
     # The AWS endpoint; the local emulator by default, an empty value means real AWS.
     aws_endpoint: str = LOCAL_ENDPOINT
     region: str = Field("us-east-1", validation_alias=_alias("AWS_DEFAULT_REGION"))
-    # The account in the queue URLs (`manage.py provision` prints yours on AWS).
-    aws_account_id: str = Field(EMULATOR_ACCOUNT_ID, pattern=r"^\d{12}$")
+    # The account in queue URLs and ARNs: moto's on the emulator; on AWS, unset = asked of STS
+    # once at start-up (the credentials' own account), never a placeholder.
+    aws_account_id: str | None = Field(None, pattern=r"^\d{12}$")
+    # Appended to bucket names (which are global across all AWS accounts): unset = none on the
+    # emulator, the account id on AWS, e.g. facesite-in-bucket-123456789012.
+    bucket_suffix: str | None = Field(None, pattern=r"^[a-z0-9-]{0,24}$")
     var_dir: Path = BASE_DIR / "var"  # runtime files: SQLite database, logs
     db_path: Path | None = None  # default: <var_dir>/db.sqlite3
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -65,14 +71,18 @@ class FacesiteConfig(BaseSettings):
 
     # --- Django ----------------------------------------------------------------------------------
     secret_key: str = Field(
-        "facesite-local-development-key-not-for-production",
+        DEVELOPMENT_SECRET_KEY,
         validation_alias=_alias("DJANGO_SECRET_KEY"),
     )
     debug: bool = Field(False, validation_alias=_alias("DJANGO_DEBUG"))
     allowed_hosts: str = Field(
         "127.0.0.1,localhost,[::1]", validation_alias=_alias("DJANGO_ALLOWED_HOSTS")
     )
-    admin_password: str = "admin"  # the local stack's admin user, when it creates one
+    # The admin user's password: "admin" on the local stack; on AWS it must be set (deploy
+    # keeps it in SSM), like DJANGO_SECRET_KEY: see `require_secure_web`.
+    admin_password: str | None = None
+    # Session and CSRF cookies only over HTTPS: on by default on AWS.
+    secure_cookies: bool | None = None
     # What the local stack enrolls at start (one sub-folder per identity, or a flat folder
     # labelled by an `Image,Results` CSV as the course's); `make run` sets them.
     gallery_dir: Path | None = None
@@ -129,6 +139,8 @@ class FacesiteConfig(BaseSettings):
     # Short locally, so a message held by a killed worker comes back quickly.
     visibility_timeout: int | None = Field(None, ge=1, le=43200)
     max_receives: int = Field(5, ge=1)  # deliveries before a message goes to the DLQ
+    # Days uploaded face images (and their replaced versions) are kept in the input bucket.
+    input_retention_days: int = Field(7, ge=1)
     # Long polls are short locally: moto keeps serving a poll whose client was killed, holding
     # the next message in flight for the whole visibility timeout.
     sqs_wait_seconds: int | None = Field(None, ge=0, le=20)
@@ -160,13 +172,23 @@ class FacesiteConfig(BaseSettings):
     # An idle worker checks whether the queue is empty (to stop its own instance) this often,
     # once it has been idle this long.
     self_stop_interval: Positive = 0.25
-    self_stop_idle: NonNegative = 0.5
+    # Default 0.5 s locally; 60 s on AWS, where the scaler stops idle workers from the request
+    # history and this is only its backstop: by then the worker's own long polls have found the
+    # queue empty for a minute (SQS's counts alone can read 0 while messages wait), and an
+    # instance started again within a minute would be billed its 60-second minimum twice.
+    self_stop_idle: NonNegative | None = None
 
     # --- scaler ----------------------------------------------------------------------------------
     max_instances: int = Field(15, ge=0)
     requests_per_instance: int = Field(1, ge=1)
     warm_pool: int | None = Field(None, ge=0)  # stopped instances kept ready; default = max
-    settle_seconds: NonNegative = 1.0  # empty-queue time before the last instances stop
+    # No-work time before the last instances stop: 1 s locally; 5 s on AWS, where a wrongly
+    # stopped instance costs a restart (~10 s pending) and a second 60-second billing minimum,
+    # while the request history (not SQS's lagging counts) says when work is done.
+    settle_seconds: NonNegative | None = None
+    # Seconds SQS's approximate counts may show more work than the request history before the
+    # scaler believes them (AWS: consistent "at least 1 minute after the producers stop").
+    count_lag_allowance: NonNegative = 60.0
     # Each tick reads EC2 and the queue; on the emulator a describe costs its single core a
     # noticeable share, so ticking faster slows down the work itself.
     scaler_tick: Positive = 0.5
@@ -179,12 +201,37 @@ class FacesiteConfig(BaseSettings):
     security_group: str = ""
     key_name: str = ""
 
+    # --- local emulator (ami/local/realism.py) ---------------------------------------------------
+    # "aws": the emulator imitates AWS's delays and eventual consistency (instances hidden, then
+    # pending; stopping; lagging SQS counts; profile propagation; throttling); "instant": moto's
+    # own instant, always-consistent answers.
+    emulator_realism: Literal["instant", "aws"] = "instant"
+    # Multiplies every emulated delay ("aws" mode): tests run AWS's timing faster (0.2 = 5x).
+    emulator_time_scale: Positive = 1.0
+    # Share of EC2 calls the emulator refuses with RequestLimitExceeded ("aws" mode).
+    emulator_throttle_rate: float = Field(0.02, ge=0, le=1)
+    # Seconds SQS's approximate counts lag the truth ("aws" mode, before the time scale);
+    # unset = the emulator's AWS-like default.
+    emulator_sqs_count_lag: NonNegative | None = None
+
+    @field_validator("emulator_realism", mode="before")
+    @classmethod
+    def _empty_is_instant(cls, value: object) -> object:
+        return "instant" if value == "" else value
+
     @field_validator(
+        "emulator_sqs_count_lag",
+        "aws_account_id",
+        "bucket_suffix",
+        "admin_password",
+        "secure_cookies",
         "match_threshold",
         "visibility_timeout",
         "sqs_wait_seconds",
         "warm_pool",
         "stuck_after",
+        "self_stop_idle",
+        "settle_seconds",
         "db_path",
         "metrics_dir",
         "metrics_allowed_networks",
@@ -212,6 +259,12 @@ class FacesiteConfig(BaseSettings):
             "visibility_timeout": 10 if local else 60,
             "sqs_wait_seconds": 1 if local else 10,
             "stuck_after": 30.0 if local else 120.0,
+            "self_stop_idle": 0.5 if local else 60.0,
+            "aws_account_id": EMULATOR_ACCOUNT_ID if local else None,
+            "bucket_suffix": "" if local else None,  # on AWS: the account id, once known
+            "admin_password": "admin" if local else None,
+            "secure_cookies": not local,
+            "settle_seconds": 1.0 if local else 5.0,
             "warm_pool": self.max_instances,
             "db_path": self.var_dir / "db.sqlite3",
             "metrics_dir": self.var_dir / "prometheus",
@@ -221,6 +274,19 @@ class FacesiteConfig(BaseSettings):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         return self
+
+    def require_secure_web(self) -> None:
+        """The web tier on AWS refuses to start with the public development key or without an
+        admin password (ConfigError names what is missing)."""
+        if self.is_local:
+            return
+        missing = []
+        if self.secret_key == DEVELOPMENT_SECRET_KEY:
+            missing.append("DJANGO_SECRET_KEY (the default is public)")
+        if not self.admin_password:
+            missing.append("FACESITE_ADMIN_PASSWORD")
+        if missing:
+            raise ConfigError(f"on AWS the web tier needs {' and '.join(missing)}")
 
     @property
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

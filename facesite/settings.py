@@ -22,11 +22,37 @@ BASE_DIR = config.BASE_DIR
 # FACESITE_PREFIX, FACESITE_MAX_INSTANCES, ...: one setting per field of the configuration.
 globals().update({f"FACESITE_{field.upper()}": value for field, value in CONFIG})
 
+
+def _account_from_sts(region: str) -> str:
+    """The account of the credentials in use (on AWS, when FACESITE_AWS_ACCOUNT_ID is unset)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return boto3.client("sts", region_name=region).get_caller_identity()["Account"]
+    except (BotoCoreError, ClientError) as error:
+        raise ImproperlyConfigured(
+            f"FACESITE_AWS_ACCOUNT_ID is unset and STS cannot tell the account ({error})"
+        ) from None
+
+
+# Never a placeholder on AWS: queue URLs, ARNs and bucket names carry the real account.
+FACESITE_AWS_ACCOUNT_ID = CONFIG.aws_account_id or _account_from_sts(CONFIG.region)
+# Bucket names are global: on AWS they end with the account id unless configured otherwise.
+FACESITE_BUCKET_SUFFIX = (
+    CONFIG.bucket_suffix if CONFIG.bucket_suffix is not None else FACESITE_AWS_ACCOUNT_ID
+)
+
 # --- Django -------------------------------------------------------------------------------------
 
 SECRET_KEY = CONFIG.secret_key
 DEBUG = CONFIG.debug
 ALLOWED_HOSTS = [host.strip() for host in CONFIG.allowed_hosts.split(",") if host.strip()]
+# On AWS cookies travel over HTTPS only (FACESITE_SECURE_COOKIES); the front (nginx, or a
+# load balancer) says which scheme the client used.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = bool(CONFIG.secure_cookies)
+if not CONFIG.is_local:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -132,7 +158,7 @@ AWS_CREDENTIALS = CONFIG.emulator_credentials
 _NAMES = Names(
     prefix=CONFIG.prefix,
     region=CONFIG.region,
-    account=CONFIG.aws_account_id,
+    account=FACESITE_AWS_ACCOUNT_ID,
     sqs_endpoint=CONFIG.aws_endpoint,
 )
 CELERY_BROKER_URL = CONFIG.celery_broker_url

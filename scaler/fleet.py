@@ -8,7 +8,9 @@ raise: each comes back as an Outcome (ok / failed / unknown) for the policy's ne
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +21,21 @@ from botocore.exceptions import ClientError
 from facesite.aws import readers
 from facesite.aws.names import (
     APP_TIER_NAME_PREFIX,
+    CONFIG_TAG,
+    IMAGE_TAG,
     LAUNCH_TOKEN_TAG,
     Names,
     Role,
+    State,
     app_tier_number,
 )
 from scaler.policy import Action, ActionResult, Instance, Kind, Outcome
 
 logger = logging.getLogger(__name__)
+
+# How long the current image and configuration are trusted before looking again: a describe of
+# images every tick would cost the emulator (and EC2's rate limit) for a change made by a rebuild.
+BUILD_CHECK_SECONDS = 15.0
 
 THROTTLING_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
@@ -48,6 +57,11 @@ def classify(error: Exception) -> ActionResult:
         if code not in THROTTLING_CODES and 400 <= status < 500:
             return ActionResult.FAILED
     return ActionResult.UNKNOWN
+
+
+def config_digest(user_data: str) -> str:
+    """The CONFIG_TAG value of instances launched with `user_data`."""
+    return hashlib.sha256(user_data.encode()).hexdigest()[:16]
 
 
 def describe_error(error: Exception) -> str:
@@ -91,17 +105,42 @@ class Fleet:
         self.session = session or uuid.uuid4().hex[:12]
         self.max_workers = max_workers
         self._misnamed: set[str] = set()
+        self._build: tuple[float, tuple[str, str] | None] | None = None  # (checked at, build)
 
     # --- observing ----------------------------------------------------------------------------
 
     def describe(self) -> tuple[Instance, ...]:
-        """Every app-tier instance of this deployment, terminated ones included."""
+        """Every app-tier instance of this deployment, terminated ones included; stopped ones
+        launched from another image or configuration than the current ones marked stale."""
         records = readers.instances(self.ec2, self.prefix, Role.APP_TIER)
+        build = None
+        if any(record.state == State.STOPPED for record in records):
+            build = self.current_build()
         return tuple(
-            instance for record in records if (instance := self._parse(record)) is not None
+            instance for record in records if (instance := self._parse(record, build)) is not None
         )
 
-    def _parse(self, record: readers.InstanceRecord) -> Instance | None:
+    def current_build(self) -> tuple[str, str] | None:
+        """(image id, config digest) new instances launch with; None when unknown (no image
+        yet, or EC2 failed), which marks nothing stale."""
+        now = time.monotonic()
+        if self._build is None or now - self._build[0] >= BUILD_CHECK_SECONDS:
+            try:
+                build = (self.image_id(), config_digest(self.user_data()))
+            except Exception as error:
+                logger.info("current image unknown (%s): no instance counts as stale", error)
+                build = None
+            self._build = (now, build)
+        return self._build[1]
+
+    def _stale(self, record: readers.InstanceRecord, build: tuple[str, str] | None) -> bool:
+        if build is None or record.state != State.STOPPED:
+            return False
+        return (record.tags.get(IMAGE_TAG), record.tags.get(CONFIG_TAG)) != build
+
+    def _parse(
+        self, record: readers.InstanceRecord, build: tuple[str, str] | None = None
+    ) -> Instance | None:
         number = app_tier_number(record.name)
         if number is None:
             # Ours by tag but not named app-tier-instance-<n>: someone renamed it. Leave it be.
@@ -112,7 +151,11 @@ class Fleet:
                 )
             return None
         return Instance(
-            id=record.id, number=number, state=record.state, launched_at=record.launched_at
+            id=record.id,
+            number=number,
+            state=record.state,
+            launched_at=record.launched_at,
+            stale=self._stale(record, build),
         )
 
     def queue_depth(self) -> tuple[int, int]:
@@ -187,14 +230,16 @@ class Fleet:
                 self.ec2, self.prefix, Role.APP_TIER, extra_filters=[token_filter]
             ):
                 return existing.id
-        tags = [
-            *self.names.tags(Role.APP_TIER, name),
-            {"Key": LAUNCH_TOKEN_TAG, "Value": token},
-        ]
         try:
             image_id, user_data = self.image_id(), self.user_data()
         except Exception as error:
             raise NotSent(f"no image or user data to launch with: {error}") from error
+        tags = [
+            *self.names.tags(Role.APP_TIER, name),
+            {"Key": LAUNCH_TOKEN_TAG, "Value": token},
+            {"Key": IMAGE_TAG, "Value": image_id},
+            {"Key": CONFIG_TAG, "Value": config_digest(user_data)},
+        ]
         params: dict[str, Any] = {
             "ImageId": image_id,
             "InstanceType": self.instance_type,

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Max, Q
+from django.db.models import Count, Max, Q
 
 from scaler.models import ERROR_ACTION, FleetInstance, ScalingEvent
 from scaler.policy import (
@@ -58,6 +58,7 @@ def policy_config() -> PolicyConfig:
         warm_pool=settings.FACESITE_WARM_POOL,
         settle_seconds=settings.FACESITE_SETTLE_SECONDS,
         stuck_after=settings.FACESITE_STUCK_AFTER,
+        count_lag=settings.FACESITE_COUNT_LAG_ALLOWANCE,
     )
 
 
@@ -90,6 +91,22 @@ def last_work_at(instance_ids: Iterable[str], since: float) -> dict[str, float]:
         ).timestamp()
         for row in rows
     }
+
+
+def outstanding_requests(since: float) -> int | None:
+    """Requests received after `since` that are not final yet: the work the web tier knows is
+    waiting or in hand, exactly (SQS's counts are approximate). None when no request at all was
+    received since then: the history then knows nothing of what is queued (messages sent by
+    something other than the web tier), and SQS's counts alone decide. Older requests have had
+    their 504; if their messages still wait, SQS's counts carry them (see scaler/policy.py)."""
+    from recognition.models import UploadRequest
+
+    recent = UploadRequest.objects.filter(received_at__gte=as_datetime(since))
+    counts = recent.aggregate(
+        received=Count("pk"),
+        outstanding=Count("pk", filter=~Q(status__in=UploadRequest.FINAL_STATUSES)),
+    )
+    return counts["outstanding"] if counts["received"] else None
 
 
 class ScalerLoop:
@@ -139,8 +156,15 @@ class ScalerLoop:
         running = [i.id for i in instances or () if i.state == State.RUNNING]
         since = now - self.config.stuck_after
         work = self._attempt("read the request history", lambda: last_work_at(running, since), now)
+        outstanding = self._attempt(
+            "read the outstanding requests",
+            lambda: outstanding_requests(now - settings.FACESITE_REPLY_TIMEOUT),
+            now,
+        )
         visible, in_flight = depth if depth is not None else (None, None)
-        observation = Observation(now, visible, in_flight, instances, work, self.outcomes)
+        observation = Observation(
+            now, visible, in_flight, instances, work, self.outcomes, outstanding=outstanding
+        )
         if self.observer is not None:
             self._attempt("record the observation", lambda: self.observer(observation), now)
 

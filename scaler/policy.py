@@ -18,13 +18,23 @@ Rules, in the order `decide()` applies them:
    is met by starting stopped instances first; instances still stopping are waited for; only the
    rest is launched, under the lowest free `app-tier-instance-<n>` numbers, and never beyond
    `max_instances` instances in total (any state but terminated).
-4. Scale in, only once the queue (visible + in flight) has been empty for `settle_seconds`: every
+Work is what the request history says is outstanding (requests not yet final), when the loop
+can read it, else SQS's visible + in-flight counts. SQS documents those counts as approximate
+and eventually consistent (they can read 0 while messages wait, and stay non-zero for up to a
+minute after the queue empties), so while the history is readable the counts only add work they
+have shown, above the history's, for `count_lag` seconds: messages no request row accounts for
+(a redelivered duplicate, say) still get a worker, and a stale count never holds the fleet up.
+
+4. Scale in, only once there has been no work for `settle_seconds`: every
    running instance is stopped (pending ones on the tick they turn running: EC2 cannot stop a
    pending instance). While there is work nothing that may hold work is stopped, so there is no
    partial scale-in and no flapping; idle workers stop themselves, this is the backstop.
 5. Warm pool, also only when settled: instances are launched until `warm_pool` exist; rule 4 stops
    each one as soon as it runs, so "prepare" needs no action of its own. Stopped instances beyond
    the pool are terminated.
+6. Refresh, every tick: stopped instances the driver marks stale (launched from an older image or
+   with another configuration) are terminated, never started; rules 3 and 5 launch their
+   replacements from the current image.
 
 Failures: the loop hands back the outcome of the previous tick's actions. A launch whose outcome
 is unknown keeps its reservation and is re-issued with the same generation (the driver turns name,
@@ -69,6 +79,8 @@ class Instance:
     number: int
     state: State
     launched_at: float | None = None
+    # Launched from another image or configuration than the current ones (the driver decides).
+    stale: bool = False
 
     @property
     def name(self) -> str:
@@ -108,6 +120,9 @@ class Observation:
     # every instance look idle.
     last_work_at: Mapping[str, float] | None = field(default_factory=_frozen)
     outcomes: tuple[Outcome, ...] = ()  # of the previous tick's actions
+    # Requests the history knows are not final (exact, unlike SQS's counts); None when the
+    # history could not be read, which leaves the decision to SQS's counts alone.
+    outstanding: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class PolicyConfig:
     # A launch not visible after this long is forgotten (its number freed); EC2's describe
     # catches up within seconds, so this only matters when the launch never happened.
     launch_timeout: float = 120.0
+    # How long SQS's counts may show more work than the history before they are believed.
+    count_lag: float = 60.0
     retry_base: float = 1.0
     retry_cap: float = 30.0
 
@@ -142,6 +159,7 @@ class Launching:
 class PolicyMemory:
     empty_since: float | None = None  # since when visible + in_flight == 0
     waiting_since: float | None = None  # since when visible > 0
+    sqs_ahead_since: float | None = None  # since when SQS has counted more than the history
     running_since: Mapping[str, float] = field(default_factory=_frozen)  # first seen running
     launching: Mapping[str, Launching] = field(default_factory=_frozen)  # by instance name
     next_generation: int = 1
@@ -206,13 +224,13 @@ def decide(observation: Observation, config: PolicyConfig, memory: PolicyMemory)
 
     queue_known = obs.visible is not None and obs.in_flight is not None
     visible, in_flight = obs.visible or 0, obs.in_flight or 0
-    work = visible + in_flight
+    work, sqs_ahead_since = _work(obs, config, memory)
+    work_known = queue_known or obs.outstanding is not None
     empty_since = waiting_since = None
-    if queue_known:
-        if work == 0:
-            empty_since = memory.empty_since if memory.empty_since is not None else now
-        if visible > 0:
-            waiting_since = memory.waiting_since if memory.waiting_since is not None else now
+    if work_known and work == 0:
+        empty_since = memory.empty_since if memory.empty_since is not None else now
+    if queue_known and visible > 0:
+        waiting_since = memory.waiting_since if memory.waiting_since is not None else now
 
     plan = _Plan(config, now, live, launching, memory.next_generation, retry_at)
 
@@ -223,24 +241,31 @@ def decide(observation: Observation, config: PolicyConfig, memory: PolicyMemory)
             plan.relaunch(name, launch)
 
     desired = None
-    if queue_known:
+    if work_known:
         desired = min(config.max_instances, math.ceil(work / config.requests_per_instance))
-        summary = f"{visible} visible + {in_flight} in flight"
+        summary = (
+            f"{visible} visible + {in_flight} in flight"
+            if obs.outstanding is None
+            else f"{obs.outstanding} outstanding ({visible} visible + {in_flight} in flight)"
+        )
         waited = waiting_since is not None and now - waiting_since >= config.stuck_after
         if waited and obs.last_work_at is not None:
             plan.stop_stuck(running_since, obs.last_work_at)
         plan.enforce_cap()
+        plan.retire_stale()
         if work > 0:
             plan.scale_out(desired, summary)
         elif empty_since is not None and now - empty_since >= config.settle_seconds:
             idle_for = now - empty_since
-            plan.scale_in(f"queue empty for {idle_for:.1f}s (settle {config.settle_seconds:g}s)")
+            what = "queue empty" if obs.outstanding is None else "no outstanding request"
+            plan.scale_in(f"{what} for {idle_for:.1f}s (settle {config.settle_seconds:g}s)")
 
     return Decision(
         tuple(plan.actions),
         PolicyMemory(
             empty_since=empty_since,
             waiting_since=waiting_since,
+            sqs_ahead_since=sqs_ahead_since,
             running_since=_frozen(running_since),
             launching=_frozen(plan.launching),
             next_generation=plan.next_generation,
@@ -249,6 +274,20 @@ def decide(observation: Observation, config: PolicyConfig, memory: PolicyMemory)
         ),
         desired,
     )
+
+
+def _work(obs: Observation, config: PolicyConfig, memory: PolicyMemory) -> tuple[int, float | None]:
+    """The work to size the fleet for, and since when SQS has counted more than the history."""
+    counted = (obs.visible or 0) + (obs.in_flight or 0)
+    queue_known = obs.visible is not None and obs.in_flight is not None
+    if obs.outstanding is None:
+        return counted, None
+    if not queue_known or counted <= obs.outstanding:
+        return obs.outstanding, None
+    ahead_since = memory.sqs_ahead_since if memory.sqs_ahead_since is not None else obs.now
+    if obs.now - ahead_since >= config.count_lag:
+        return counted, ahead_since
+    return obs.outstanding, ahead_since
 
 
 def _fold_outcomes(
@@ -388,6 +427,16 @@ class _Plan:
         if excess > 0 and self.allowed(Kind.TERMINATE):
             for instance in self.in_state(State.STOPPED)[::-1][:excess]:
                 self.act(Kind.TERMINATE, instance, f"over the cap: more than {cap} instances")
+
+    def retire_stale(self) -> None:
+        """Stopped instances of an older image or configuration are terminated: starting one
+        would serve with the old build. Their replacements are launched by the warm-pool rule
+        (or by scale-out, when there is work); running ones are left to finish and stop."""
+        if not self.allowed(Kind.TERMINATE):
+            return
+        for instance in self.in_state(State.STOPPED):
+            if instance.stale:
+                self.act(Kind.TERMINATE, instance, "stale: an older image or configuration")
 
     def scale_out(self, desired: int, summary: str) -> None:
         need = desired - self.active_count()

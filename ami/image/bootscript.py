@@ -44,6 +44,7 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_PREFIX": settings.FACESITE_PREFIX,
         "AWS_DEFAULT_REGION": settings.AWS_REGION,
         "FACESITE_AWS_ACCOUNT_ID": settings.FACESITE_AWS_ACCOUNT_ID,
+        "FACESITE_BUCKET_SUFFIX": settings.FACESITE_BUCKET_SUFFIX,
         # Always written: unset means "the local emulator" to facesite.settings, so real AWS
         # must be spelled as the empty value.
         "FACESITE_AWS_ENDPOINT": settings.AWS_ENDPOINT_URL or "",
@@ -61,12 +62,14 @@ def worker_environment() -> dict[str, str]:
         "FACESITE_VISIBILITY_TIMEOUT": str(settings.FACESITE_VISIBILITY_TIMEOUT),
         "FACESITE_SQS_WAIT_SECONDS": str(settings.FACESITE_SQS_WAIT_SECONDS),
         "FACESITE_SELF_STOP_INTERVAL": str(settings.FACESITE_SELF_STOP_INTERVAL),
+        "FACESITE_SELF_STOP_IDLE": str(settings.FACESITE_SELF_STOP_IDLE),
         **SINGLE_THREAD_ENVIRONMENT,
     }
 
 
-def render_boot_script(environment: dict[str, str]) -> str:
-    """The boot script for `environment`; refuses what the env file could not carry exactly."""
+def render_boot_env_lines(environment: dict[str, str], env_file: str) -> tuple[str, str, str]:
+    """The heredoc that writes `environment` to `env_file`: (start line, KEY=value lines, end
+    line). Refuses what the env file could not carry exactly."""
     lines = []
     for key, value in environment.items():
         if not _KEY.fullmatch(key):
@@ -74,11 +77,17 @@ def render_boot_script(environment: dict[str, str]) -> str:
         if not _VALUE.fullmatch(value):
             raise ValueError(f"{key}={value!r}: the worker env file cannot carry this value")
         lines.append(f"{key}={value}")
+    return f"cat > {env_file} <<'{_HEREDOC_END}'", "\n".join(lines), _HEREDOC_END
+
+
+def render_boot_script(environment: dict[str, str]) -> str:
+    """The boot script for `environment`; refuses what the env file could not carry exactly."""
+    heredoc_start, env_lines, heredoc_end = render_boot_env_lines(environment, ENV_FILE)
     script = render_template(
         "boot.sh",
-        heredoc_start=_HEREDOC_START,
-        env_lines="\n".join(lines),
-        heredoc_end=_HEREDOC_END,
+        heredoc_start=heredoc_start,
+        env_lines=env_lines,
+        heredoc_end=heredoc_end,
         env_file=ENV_FILE,
         worker_unit=WORKER_UNIT,
     )

@@ -12,7 +12,9 @@ cost per call bounds the whole system's throughput (`python -m bench.emulator` m
   directory does not change while the server runs, so it is listed once.
 - Every request is logged by werkzeug; the access log is left out.
 
-None of these changes what the emulated services answer. `command()` starts it.
+None of these changes what the emulated services answer. `command()` starts it. With
+`FACESITE_EMULATOR_REALISM=aws` it also answers with AWS's timing and eventual consistency
+(ami/local/realism.py).
 """
 
 import logging
@@ -48,14 +50,33 @@ def install_speedups() -> None:
 
 
 def command(port: int) -> list[str]:
-    """The command line of an emulator serving on 127.0.0.1:`port`."""
-    return [sys.executable, os.path.abspath(__file__), "-H", "127.0.0.1", "-p", str(port)]
+    """The command line of an emulator serving on 127.0.0.1:`port` (run from the repository's
+    root: it imports facesite's configuration)."""
+    return [sys.executable, "-m", "ami.local.emulator", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def install_realism() -> None:
+    """AWS's timing, when the configuration asks for it (FACESITE_EMULATOR_REALISM=aws)."""
+    from ami.local import realism
+    from facesite import config
+
+    settings = config.load()
+    if settings.emulator_realism == "aws":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        realism.install(
+            realism.configured(
+                settings.emulator_time_scale,
+                settings.emulator_throttle_rate,
+                settings.emulator_sqs_count_lag,
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     # The ~1,300 public AMIs moto loads by default serve nothing here and cost seconds.
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     install_speedups()
+    install_realism()
     moto_server_main(sys.argv[1:] if argv is None else argv)
 
 

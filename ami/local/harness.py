@@ -61,12 +61,19 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
 
 
 class MotoServer:
-    """The emulator (moto's server) in a subprocess on a free loopback port."""
+    """The emulator (moto's server) in a subprocess on a free loopback port; `env` configures
+    it (FACESITE_EMULATOR_REALISM=aws and its scale, say)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.service = Service("moto", emulator.command(self.port), log_dir / "moto.log", REPO_DIR)
+        self.service = Service(
+            "moto",
+            emulator.command(self.port),
+            log_dir / "moto.log",
+            REPO_DIR,
+            env=env or {},
+        )
         self.process = self.service.start()
         wait_until(self._ready, 20, "moto server")
 

@@ -19,6 +19,7 @@ def names() -> Names:
         account=settings.FACESITE_AWS_ACCOUNT_ID,
         sqs_endpoint=settings.AWS_ENDPOINT_URL or "",
         instance_profile_override=settings.FACESITE_INSTANCE_PROFILE,
+        bucket_suffix=settings.FACESITE_BUCKET_SUFFIX,
     )
 
 

@@ -47,13 +47,28 @@ def client(service: str) -> Any:
             # One session per process: it caches the parsed service models, which makes a new
             # client ~10x cheaper (a worker forked from a warm runner builds its own in ms).
             _session = _session or _new_session()
-            _clients[service] = _session.client(
+            new = _session.client(
                 service,
                 endpoint_url=settings.AWS_ENDPOINT_URL,
                 region_name=settings.AWS_REGION,
                 config=_CONFIG,
             )
+            if service == "s3":
+                expect_bucket_owner(new, settings.FACESITE_AWS_ACCOUNT_ID)
+            _clients[service] = new
         return _clients[service]
+
+
+def expect_bucket_owner(s3: Any, account: str) -> None:
+    """Every call of `s3` that accepts ExpectedBucketOwner carries `account`: bucket names are
+    global, and a bucket of the same name in someone else's account is then refused (403)
+    instead of read from or written to."""
+
+    def add_owner(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if "ExpectedBucketOwner" in model.input_shape.members:
+            params.setdefault("ExpectedBucketOwner", account)
+
+    s3.meta.events.register("provide-client-params.s3", add_owner)
 
 
 def reset_clients() -> None:

@@ -17,6 +17,10 @@ PREFIX_TAG = "facesite:prefix"
 ROLE_TAG = "facesite:role"
 # On app-tier instances: the run_instances ClientToken, so a retried launch finds its instance.
 LAUNCH_TOKEN_TAG = "facesite:launch-token"
+# On app-tier instances: the image they were launched from and a digest of their user data
+# (their configuration), so stopped instances of an older build are replaced (scaler/fleet.py).
+IMAGE_TAG = "facesite:image"
+CONFIG_TAG = "facesite:config"
 # On worker images: when the build finished (orders two images created in the same second).
 BUILT_AT_TAG = "facesite:built-at"
 
@@ -70,19 +74,25 @@ class Names:
     # Queue URLs start here: the emulator's endpoint, or SQS's regional one on AWS.
     sqs_endpoint: str = ""
     instance_profile_override: str = ""
+    # Bucket names are global across AWS accounts: on AWS they end with this (the account id).
+    bucket_suffix: str = ""
+
+    def _bucket(self, kind: str) -> str:
+        base = f"{self.prefix}-{kind}-bucket"
+        return f"{base}-{self.bucket_suffix}" if self.bucket_suffix else base
 
     @property
     def input_bucket(self) -> str:
-        return f"{self.prefix}-in-bucket"
+        return self._bucket("in")
 
     @property
     def output_bucket(self) -> str:
-        return f"{self.prefix}-out-bucket"
+        return self._bucket("out")
 
     @property
     def gallery_bucket(self) -> str:
         """Gallery snapshots for the workers, kept apart so in/out hold only requests."""
-        return f"{self.prefix}-gallery-bucket"
+        return self._bucket("gallery")
 
     @property
     def request_queue(self) -> str:
@@ -104,6 +114,20 @@ class Names:
     @property
     def worker_security_group(self) -> str:
         return f"{self.prefix}-worker-sg"
+
+    @property
+    def web_role(self) -> str:
+        """The web tier's IAM role and instance profile (web-instance runs with it)."""
+        return f"{self.prefix}-web"
+
+    @property
+    def scaler_role(self) -> str:
+        """The scaler's IAM role, assumed from the web role on web-instance."""
+        return f"{self.prefix}-scaler"
+
+    @property
+    def web_security_group(self) -> str:
+        return f"{self.prefix}-web-sg"
 
     def image_name(self, stamp: str) -> str:
         return f"{self.prefix}-worker-{stamp}"

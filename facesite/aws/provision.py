@@ -1,6 +1,6 @@
 """Creating this deployment's AWS resources, idempotently, on the emulator or on AWS: buckets,
-queues (with the request queue's dead-letter queue), the workers' IAM role and instance profile,
-and their security group. `manage.py provision` and `manage.py buildami` call these.
+queues (with the request queue's dead-letter queue) and security groups. The IAM roles are in
+facesite/aws/iam.py. `manage.py provision`, `buildami` and `deploy` call these.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from facesite.aws.clients import client
-from facesite.aws.names import PREFIX_TAG, REQUEST_MAX_MESSAGE_BYTES, ROLE_TAG, Names, Role
+from facesite.aws.names import PREFIX_TAG, REQUEST_MAX_MESSAGE_BYTES, Names
 
 
 class ProvisionError(Exception):
@@ -21,8 +21,9 @@ class ProvisionError(Exception):
 # --- S3 and SQS -----------------------------------------------------------------------------------
 
 
-def ensure_bucket(name: str, region: str, versioned: bool = False) -> bool:
-    """Create the bucket unless it exists; returns True when it was created."""
+def ensure_bucket(name: str, region: str, versioned: bool = False, prefix: str = "") -> bool:
+    """Create the bucket unless it exists; returns True when it was created. Tagged with
+    `prefix` when given, so teardown finds it."""
     s3 = client("s3")
     created = False
     try:
@@ -37,6 +38,10 @@ def ensure_bucket(name: str, region: str, versioned: bool = False) -> bool:
         # Two uploads with the same file name keep the file name as key; each request names
         # its own version, so neither reads the other's image.
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    if prefix:
+        s3.put_bucket_tagging(
+            Bucket=name, Tagging={"TagSet": [{"Key": PREFIX_TAG, "Value": prefix}]}
+        )
     s3.put_public_access_block(
         Bucket=name,
         PublicAccessBlockConfiguration={
@@ -49,18 +54,44 @@ def ensure_bucket(name: str, region: str, versioned: bool = False) -> bool:
     return created
 
 
-def ensure_queue(name: str, attributes: dict[str, str]) -> str:
-    """Create the queue (or bring an existing one to these attributes); returns its URL."""
+def ensure_queue(name: str, attributes: dict[str, str], prefix: str = "") -> str:
+    """Create the queue (or bring an existing one to these attributes); returns its URL.
+    Tagged with `prefix` when given, so teardown finds it."""
     sqs = client("sqs")
+    tags = {PREFIX_TAG: prefix} if prefix else {}
     try:
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
     except ClientError:
-        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        return sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
     sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    if tags:
+        sqs.tag_queue(QueueUrl=url, Tags=tags)
     return url
 
 
-def provision_storage(names: Names, visibility_timeout: int, max_receives: int) -> dict[str, str]:
+def expire_uploads(bucket: str, days: int) -> None:
+    """Face images are personal data: uploads and their older versions (the bucket is
+    versioned) are deleted `days` after they were stored, or replaced."""
+    client("s3").put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-uploads",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "Expiration": {"Days": days},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": days},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                }
+            ]
+        },
+    )
+
+
+def provision_storage(
+    names: Names, visibility_timeout: int, max_receives: int, retention_days: int = 7
+) -> dict[str, str]:
     """Buckets and queues; returns what each name resolved to ("created", "exists", a URL)."""
     resources: dict[str, str] = {}
     for bucket, versioned in (
@@ -68,11 +99,14 @@ def provision_storage(names: Names, visibility_timeout: int, max_receives: int) 
         (names.output_bucket, False),
         (names.gallery_bucket, False),
     ):
-        created = ensure_bucket(bucket, names.region, versioned=versioned)
+        created = ensure_bucket(bucket, names.region, versioned=versioned, prefix=names.prefix)
         resources[bucket] = "created" if created else "exists"
+    expire_uploads(names.input_bucket, retention_days)
 
     dlq = names.request_dead_letter_queue
-    dlq_url = ensure_queue(dlq, {"MessageRetentionPeriod": str(14 * 24 * 3600)})
+    dlq_url = ensure_queue(
+        dlq, {"MessageRetentionPeriod": str(14 * 24 * 3600)}, prefix=names.prefix
+    )
     dlq_arn = client("sqs").get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
@@ -87,140 +121,68 @@ def provision_storage(names: Names, visibility_timeout: int, max_receives: int) 
                 {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}
             ),
         },
+        prefix=names.prefix,
     )
     resources[names.response_queue] = ensure_queue(
-        names.response_queue, {"VisibilityTimeout": "30"}
+        names.response_queue, {"VisibilityTimeout": "30"}, prefix=names.prefix
     )
     return resources
 
 
 # --- IAM and the security group ------------------------------------------------------------------
 
-EC2_TRUST_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-
-
-def worker_policy(names: Names) -> dict[str, Any]:
-    """What a worker may do, and nothing else."""
-
-    def objects(bucket: str) -> str:
-        return f"arn:aws:s3:::{bucket}/*"
-
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadUploads",
-                "Effect": "Allow",
-                # Uploads are read by version: the input bucket is versioned.
-                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                "Resource": objects(names.input_bucket),
-            },
-            {
-                "Sid": "WriteResults",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject"],
-                "Resource": objects(names.output_bucket),
-            },
-            {
-                "Sid": "ReadGallery",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": objects(names.gallery_bucket),
-            },
-            {
-                "Sid": "TakeRequests",
-                "Effect": "Allow",
-                "Action": [
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes",
-                ],
-                "Resource": names.queue_arn(names.request_queue),
-            },
-            {
-                "Sid": "SendResults",
-                "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
-                "Resource": names.queue_arn(names.response_queue),
-            },
-            {
-                "Sid": "StopIdleWorkers",
-                "Effect": "Allow",
-                "Action": ["ec2:StopInstances"],
-                "Resource": f"arn:aws:ec2:{names.region}:{names.account}:instance/*",
-                "Condition": {
-                    "StringEquals": {
-                        f"aws:ResourceTag/{PREFIX_TAG}": names.prefix,
-                        f"aws:ResourceTag/{ROLE_TAG}": str(Role.APP_TIER),
-                    }
-                },
-            },
-        ],
-    }
-
-
-def ensure_worker_role(names: Names) -> str:
-    """The workers' role and instance profile, created or brought up to date; returns its ARN."""
-    iam = client("iam")
-    profile_name = names.worker_profile
-    try:
-        iam.get_role(RoleName=profile_name)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        iam.create_role(
-            RoleName=profile_name,
-            AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY),
-            Description=f"facesite workers of prefix {names.prefix}",
-            Tags=[{"Key": PREFIX_TAG, "Value": names.prefix}],
-        )
-    # Written every time: a rebuilt image also brings the policy up to date.
-    iam.put_role_policy(
-        RoleName=profile_name,
-        PolicyName="facesite-worker",
-        PolicyDocument=json.dumps(worker_policy(names)),
-    )
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "NoSuchEntity":
-            raise
-        profile = iam.create_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
-    if profile_name not in {role["RoleName"] for role in profile.get("Roles", [])}:
-        iam.add_role_to_instance_profile(InstanceProfileName=profile_name, RoleName=profile_name)
-    return profile["Arn"]
-
 
 def ensure_worker_security_group(names: Names) -> str:
     """The workers' security group in the default VPC, without inbound rules; returns its id.
 
-    Workers only call out (SQS, S3, EC2); the default outbound rule is kept."""
+    Workers only call out (SQS, S3); the default outbound rule is kept."""
+    return ensure_security_group(
+        names,
+        names.worker_security_group,
+        f"facesite workers of prefix {names.prefix}: no inbound traffic",
+        inbound_tcp_ports=(),
+    )
+
+
+def ensure_web_security_group(names: Names) -> str:
+    """web-instance's security group: HTTP and HTTPS in from anywhere, nothing else."""
+    return ensure_security_group(
+        names,
+        names.web_security_group,
+        f"facesite web tier of prefix {names.prefix}: HTTP and HTTPS in",
+        inbound_tcp_ports=(80, 443),
+    )
+
+
+def ensure_security_group(
+    names: Names, group_name: str, description: str, inbound_tcp_ports: tuple[int, ...]
+) -> str:
+    """A security group in the default VPC whose inbound rules are exactly TCP
+    `inbound_tcp_ports` from anywhere (any other rule is revoked); returns its id."""
     ec2 = client("ec2")
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise ProvisionError(f"no default VPC in {names.region} to put the security group in")
+        raise ProvisionError(f"no default VPC in {names.region} to put {group_name} in")
     vpc = vpcs[0]["VpcId"]
-    group_name = names.worker_security_group
     groups = ec2.describe_security_groups(
         Filters=[
             {"Name": "group-name", "Values": [group_name]},
             {"Name": "vpc-id", "Values": [vpc]},
         ]
     )["SecurityGroups"]
+    wanted = [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": port,
+            "ToPort": port,
+            "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+        }
+        for port in inbound_tcp_ports
+    ]
     if not groups:
-        return ec2.create_security_group(
+        group_id = ec2.create_security_group(
             GroupName=group_name,
-            Description=f"facesite workers of prefix {names.prefix}: no inbound traffic",
+            Description=description,
             VpcId=vpc,
             TagSpecifications=[
                 {
@@ -229,9 +191,26 @@ def ensure_worker_security_group(names: Names) -> str:
                 }
             ],
         )["GroupId"]
-    group = groups[0]
-    if group["IpPermissions"]:
-        ec2.revoke_security_group_ingress(
-            GroupId=group["GroupId"], IpPermissions=group["IpPermissions"]
-        )
-    return group["GroupId"]
+        existing: list[dict[str, Any]] = []
+    else:
+        group_id, existing = groups[0]["GroupId"], groups[0]["IpPermissions"]
+    have = {_rule_key(rule) for rule in existing}
+    extra = [rule for rule in existing if _rule_key(rule) not in {_rule_key(w) for w in wanted}]
+    if extra:
+        ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=extra)
+    missing = [rule for rule in wanted if _rule_key(rule) not in have]
+    if missing:
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
+    return group_id
+
+
+def _rule_key(rule: dict[str, Any]) -> tuple[Any, ...]:
+    ranges = tuple(sorted(r["CidrIp"] for r in rule.get("IpRanges", [])))
+    others = (rule.get("Ipv6Ranges"), rule.get("UserIdGroupPairs"), rule.get("PrefixListIds"))
+    return (
+        rule.get("IpProtocol"),
+        rule.get("FromPort"),
+        rule.get("ToPort"),
+        ranges,
+        tuple(bool(o) for o in others),
+    )

@@ -24,6 +24,7 @@ from django.conf import settings
 
 from facesite import aws
 from facesite.aws import readers
+from facesite.aws.instance import stop_own_instance
 from recognition.worker.backoff import backoff_seconds
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def self_stop_loop(instance: Callable[[], str], interval: float, idle_after: flo
             stopping = instance()
             if not stopping:
                 raise LookupError("this worker's instance id is not known yet")
-            aws.client("ec2").stop_instances(InstanceIds=[stopping])
+            stop_own_instance(stopping)
         except Exception as error:
             failures += 1
             pause = backoff_seconds(failures, interval, FAILED_CHECK_MAX_PAUSE_SECONDS)

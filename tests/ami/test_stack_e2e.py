@@ -121,6 +121,39 @@ def test_the_stack_serves_an_upload_and_ctrl_c_stops_everything(
         stack.kill()
 
 
+def test_make_run_with_aws_timing_creates_the_roles_and_serves(
+    tmp_path, course_dir, course_gallery_dir
+):
+    """`FACESITE_EMULATOR_REALISM=aws make run`: the same roles as on an account, and the whole
+    path works with instances pending before running (at a fifth of AWS's delays)."""
+    stack = RunningStack(
+        tmp_path,
+        FACESITE_GALLERY_DIR=str(course_gallery_dir),
+        FACESITE_EMULATOR_REALISM="aws",
+        FACESITE_EMULATOR_TIME_SCALE="0.2",
+    )
+    stack.start()
+    try:
+        stack.wait_running()
+        iam = boto3.client(
+            "iam",
+            endpoint_url=stack.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        roles = {role["RoleName"] for role in iam.list_roles()["Roles"]}
+        assert {f"{stack.prefix}-worker", f"{stack.prefix}-web", f"{stack.prefix}-scaler"} <= roles
+        assert "emulator realism: aws" in (stack.var_dir / "log" / "moto.log").read_text()
+        serve_an_upload_then_stop(
+            stack,
+            course_dir / "face_images_100" / "test_00.jpg",
+            expected=course_labels(course_dir, "100")["test_00"],
+        )
+    finally:
+        stack.kill()
+
+
 def serve_an_upload_then_stop(stack: RunningStack, image_path: Path, expected: str) -> None:
     stack.wait_running()
     output = stack.output()

@@ -70,3 +70,28 @@ def test_throttling_that_persists_gives_up_after_the_policys_attempts(
     with pytest.raises(ClientError, match="RequestLimitExceeded"):
         aws.client("ec2").stop_instances(InstanceIds=["i-1"])
     assert len(throttling_endpoint.calls) == 1 + aws.clients.MAX_RETRIES
+
+
+def test_s3_calls_name_the_expected_bucket_owner(settings, monkeypatch):
+    from moto import mock_aws
+
+    from facesite import aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    settings.AWS_ENDPOINT_URL = None
+    aws.reset_clients()
+    sent: list[dict] = []
+    try:
+        with mock_aws():
+            s3 = aws.client("s3")
+            s3.meta.events.register(
+                "before-call.s3", lambda params, **_: sent.append(params["headers"])
+            )
+            s3.create_bucket(Bucket="owned")  # CreateBucket has no such parameter
+            s3.put_object(Bucket="owned", Key="k", Body=b"x")
+            assert s3.get_object(Bucket="owned", Key="k")["Body"].read() == b"x"
+    finally:
+        aws.reset_clients()
+    owners = [headers.get("x-amz-expected-bucket-owner") for headers in sent]
+    assert owners == [None, settings.FACESITE_AWS_ACCOUNT_ID, settings.FACESITE_AWS_ACCOUNT_ID]

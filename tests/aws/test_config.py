@@ -72,3 +72,43 @@ def test_one_prefix_renames_every_bucket_queue_and_role(settings):
         "other-worker",
     }
     assert names.request_queue_url.endswith("/other-req-queue")
+
+
+def test_on_aws_the_web_tier_needs_a_secret_key_and_an_admin_password(monkeypatch):
+    monkeypatch.setenv("FACESITE_AWS_ENDPOINT", "")
+    monkeypatch.delenv("DJANGO_SECRET_KEY", raising=False)
+    monkeypatch.delenv("FACESITE_ADMIN_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="DJANGO_SECRET_KEY.*FACESITE_ADMIN_PASSWORD"):
+        FacesiteConfig().require_secure_web()
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "a-real-secret")
+    with pytest.raises(ConfigError, match="FACESITE_ADMIN_PASSWORD"):
+        FacesiteConfig().require_secure_web()
+    monkeypatch.setenv("FACESITE_ADMIN_PASSWORD", "a-real-password")
+    FacesiteConfig().require_secure_web()
+
+
+def test_secure_by_default_on_aws_and_convenient_locally(monkeypatch):
+    monkeypatch.delenv("FACESITE_AWS_ENDPOINT", raising=False)
+    local = FacesiteConfig()
+    local.require_secure_web()  # the development key and "admin" are fine on loopback
+    assert (local.secure_cookies, local.admin_password, local.bucket_suffix) == (
+        False,
+        "admin",
+        "",
+    )
+    assert local.aws_account_id == "123456789012"
+    monkeypatch.setenv("FACESITE_AWS_ENDPOINT", "")
+    real = FacesiteConfig()
+    assert real.secure_cookies is True
+    # Unknown until start-up asks STS (facesite/settings.py); never moto's account.
+    assert real.aws_account_id is None and real.bucket_suffix is None
+    assert (real.settle_seconds, real.self_stop_idle) == (5.0, 60.0)
+
+
+def test_bucket_names_carry_the_suffix_queues_do_not():
+    from facesite.aws.names import Names
+
+    names = Names("pfx", "us-east-1", "111122223333", bucket_suffix="111122223333")
+    assert names.input_bucket == "pfx-in-bucket-111122223333"
+    assert names.gallery_bucket == "pfx-gallery-bucket-111122223333"
+    assert names.request_queue == "pfx-req-queue"

@@ -10,8 +10,16 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from moto import mock_aws
 
-from facesite.aws.names import LAUNCH_TOKEN_TAG, PREFIX_TAG, ROLE_TAG, Role, State
-from scaler.fleet import Fleet, NotSent, classify
+from facesite.aws.names import (
+    CONFIG_TAG,
+    IMAGE_TAG,
+    LAUNCH_TOKEN_TAG,
+    PREFIX_TAG,
+    ROLE_TAG,
+    Role,
+    State,
+)
+from scaler.fleet import Fleet, NotSent, classify, config_digest
 from scaler.policy import Action, ActionResult, Kind
 
 USER_DATA = "#!/bin/sh\nexec facesite-worker\n"
@@ -227,3 +235,29 @@ def test_throttling_that_persists_is_an_unknown_outcome():
     (outcome,) = fleet.apply([state_action(Kind.STOP, "i-1")])
     # The client's retry policy (facesite.aws.clients) is the only one: the driver adds none.
     assert outcome.result == ActionResult.UNKNOWN and ec2.calls == 1
+
+
+def test_launches_record_image_and_configuration_and_old_builds_are_stale(aws):
+    ec2, _ = aws
+    old = make_fleet(aws, image_id=lambda: "ami-00000001")
+    instance_id = old.launch("app-tier-instance-1", 1)
+    tags = {t["Key"]: t["Value"] for t in raw_instances(aws, old)[0]["Tags"]}
+    assert tags[IMAGE_TAG] == "ami-00000001"
+    assert tags[CONFIG_TAG] == config_digest(USER_DATA)
+    ec2.stop_instances(InstanceIds=[instance_id])
+    assert [i.stale for i in old.describe()] == [False]
+
+    def stale_with(**kwargs) -> list[bool]:
+        fleet = make_fleet(aws, prefix=old.prefix, **kwargs)
+        return [i.stale for i in fleet.describe()]
+
+    assert stale_with(image_id=lambda: "ami-00000002") == [True]  # a rebuilt image
+    assert stale_with(image_id=lambda: "ami-00000001", user_data=lambda: "other") == [True]
+    assert stale_with(image_id=lambda: "ami-00000001") == [False]
+
+    def no_image() -> str:
+        raise LookupError("no worker image")
+
+    assert stale_with(image_id=no_image) == [False]  # unknown: nothing is replaced
+    ec2.start_instances(InstanceIds=[instance_id])
+    assert stale_with(image_id=lambda: "ami-00000002") == [False]  # running: left to work

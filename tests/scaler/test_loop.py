@@ -11,7 +11,7 @@ from botocore.exceptions import EndpointConnectionError
 from django.db import OperationalError
 
 from recognition.models import UploadRequest
-from scaler.loop import ScalerLoop, last_work_at
+from scaler.loop import ScalerLoop, last_work_at, outstanding_requests
 from scaler.models import FleetInstance, ScalingEvent
 from scaler.policy import ActionResult, Instance, Kind, Outcome, PolicyConfig, State, decide
 
@@ -107,7 +107,8 @@ def test_fleet_rows_follow_ec2_and_only_changes_are_written(
         ("app-tier-instance-2", "running"),
     }
     clock.now += 0.25
-    with django_assert_num_queries(1):  # the request-history aggregate, nothing written
+    # The two request-history aggregates (work per instance, outstanding requests); no write.
+    with django_assert_num_queries(2):
         loop.tick()
     fleet.visible = 0
     fleet.set("i-002", State.STOPPING)
@@ -193,6 +194,53 @@ def test_last_work_at_is_the_latest_start_or_finish_per_instance():
     result = last_work_at(["i-a", "i-b", "i-c"], since)
     assert result == {"i-a": (now - timedelta(seconds=9)).timestamp(), "i-b": since + 25}
     assert last_work_at([], since) == {}
+
+
+@pytest.mark.django_db
+def test_outstanding_requests_are_the_recent_ones_not_final():
+    now = datetime.now(UTC)
+    statuses = UploadRequest.Status
+    for status, age in (
+        (statuses.QUEUED, 5),
+        (statuses.STORED, 1),
+        (statuses.RECEIVED, 2),
+        (statuses.DONE, 3),  # final
+        (statuses.NO_FACE, 3),  # final
+        (statuses.FAILED, 3),  # final
+        (statuses.QUEUED, 400),  # older than the horizon: answered with a 504 long ago
+    ):
+        UploadRequest.objects.create(
+            file_name="x.jpg", status=status, received_at=now - timedelta(seconds=age)
+        )
+    assert outstanding_requests((now - timedelta(seconds=300)).timestamp()) == 3
+    # No request in the horizon: the history knows nothing of the queue.
+    assert outstanding_requests((now + timedelta(seconds=1)).timestamp()) is None
+
+
+@pytest.mark.django_db
+def test_the_loop_passes_outstanding_requests_to_the_policy(loop, fleet, clock):
+    fleet.instances["i-001"] = Instance("i-001", 1, State.RUNNING)
+    UploadRequest.objects.create(
+        file_name="x.jpg",
+        status=UploadRequest.Status.QUEUED,
+        received_at=datetime.fromtimestamp(clock.now, tz=UTC),
+    )
+    # SQS's counts read 0 (they lag): the history's one request keeps the instance running.
+    for _ in range(8):
+        loop.tick()
+        clock.now += 0.25
+    assert fleet.instances["i-001"].state == State.RUNNING
+    UploadRequest.objects.update(status=UploadRequest.Status.DONE)
+    stopped_after = None
+    for tick in range(1, 9):
+        decision = loop.tick()
+        clock.now += 0.25
+        if decision.stops:
+            stopped_after = tick
+            break
+    # Settled after 1 s of no outstanding request: the fifth tick, 0.25 s apart.
+    assert stopped_after == 5
+    assert fleet.instances["i-001"].state == State.STOPPED
 
 
 @pytest.mark.django_db

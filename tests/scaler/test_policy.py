@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -208,6 +209,99 @@ def test_trickle_keeps_one_instance_without_flapping():
         stops += len(d.stops)
         state = "r" if d.starts else "s" if d.stops else state
     assert (starts, stops) == (1, 0)
+
+
+# --- lagging SQS counts: the request history decides --------------------------------------------
+
+
+def test_outstanding_requests_scale_out_while_sqs_counts_still_read_zero():
+    # A burst: the history has 40 requests outstanding; SQS's counts have not caught up.
+    d = decide(observe(0.0, outstanding=40, instances=fleet("s" * 15)), CONFIG, PolicyMemory())
+    assert len(d.starts) == 15
+    assert "40 outstanding" in d.of(Kind.START)[0].reason
+
+
+def test_a_stale_sqs_count_does_not_hold_the_fleet_after_the_last_request():
+    # Every request is final, but SQS still counts 30 messages (its counts lag by up to 1 min).
+    instances = fleet("r" * 15)
+    first = decide(
+        observe(0.0, visible=30, outstanding=0, instances=instances), CONFIG, PolicyMemory()
+    )
+    assert first.actions == ()
+    settled = decide(
+        observe(1.0, visible=30, outstanding=0, instances=instances), CONFIG, first.memory
+    )
+    assert len(settled.stops) == 15
+    assert all("no outstanding request" in a.reason for a in settled.of(Kind.STOP))
+
+
+def test_sqs_messages_the_history_does_not_know_get_a_worker_after_count_lag():
+    config = PolicyConfig(warm_pool=0, settle_seconds=1.0, count_lag=60.0)
+    memory, starts = PolicyMemory(), []
+    for tick in range(0, 62):
+        d = decide(
+            observe(float(tick), visible=2, outstanding=0, instances=fleet("ss")), config, memory
+        )
+        memory = d.memory
+        starts.append((tick, d.starts))
+    assert all(started == () for tick, started in starts if tick < 60)
+    assert starts[60][1] == ("i-001", "i-002")
+
+
+def test_never_a_stop_while_the_history_has_work_even_if_sqs_reads_zero():
+    memory = PolicyMemory()
+    for tick in range(40):
+        d = decide(observe(tick * 0.25, outstanding=3, instances=fleet("rrr")), CONFIG, memory)
+        assert d.stops == ()
+        memory = d.memory
+
+
+def test_an_unreadable_history_falls_back_to_sqs_counts():
+    d = run(CONFIG, None, *(observe(t, visible=0, instances=fleet("rr")) for t in (0.0, 1.0)))
+    assert d.stops == ("i-001", "i-002")
+    d = decide(
+        observe(0.0, visible=None, in_flight=None, outstanding=None, instances=fleet("s")),
+        CONFIG,
+        PolicyMemory(),
+    )
+    assert d.actions == () and d.desired is None
+
+
+# --- refresh: stale stopped instances are replaced ------------------------------------------------
+
+
+def stale(instances, *numbers):
+    return tuple(
+        dataclasses.replace(i, stale=True) if i.number in numbers else i for i in instances
+    )
+
+
+def test_stale_stopped_instances_are_terminated_and_the_pool_refilled():
+    config = PolicyConfig(warm_pool=3, settle_seconds=1.0)
+    instances = stale(fleet("sss"), 1, 3)
+    first = decide(observe(0.0, instances=instances), config, PolicyMemory())
+    assert first.terminates == ("i-001", "i-003")
+    assert all("stale" in a.reason for a in first.of(Kind.TERMINATE))
+    # Settled, with the two shutting down: replacements are launched from the current image.
+    later = decide(observe(1.0, instances=fleet("xsx")), config, first.memory)
+    assert later.launches == ("app-tier-instance-4", "app-tier-instance-5")
+    # ...or, with the stale instances gone, under their freed numbers.
+    gone = decide(observe(1.0, instances=fleet("tst")), config, first.memory)
+    assert gone.launches == ("app-tier-instance-1", "app-tier-instance-3")
+
+
+def test_a_burst_starts_current_instances_and_never_a_stale_one():
+    instances = stale(fleet("ssss"), 2, 4)
+    d = decide(observe(0.0, visible=4, instances=instances), CONFIG, PolicyMemory())
+    assert d.starts == ("i-001", "i-003")
+    assert d.terminates == ("i-002", "i-004")
+    assert len(d.launches) == 2  # the shortfall, from the current image
+
+
+def test_a_running_stale_instance_keeps_working():
+    instances = stale(fleet("r"), 1)
+    d = decide(observe(0.0, visible=1, instances=instances), CONFIG, PolicyMemory())
+    assert d.actions == ()
 
 
 def test_restart_with_unknown_history_does_not_scale_in_at_once():

@@ -6,13 +6,31 @@ set -euxo pipefail
 exec > >(tee -a /var/log/facesite-build.log > /dev/console) 2>&1
 dnf install -y python3.11 python3.11-pip tar gzip
 useradd --system --home-dir /opt/facesite --shell /sbin/nologin facesite
+# An idle worker stops its instance by powering the OS off (instances are launched with
+# InstanceInitiatedShutdownBehavior=stop): its IAM role has no EC2 permission at all.
+echo 'facesite ALL=(root) NOPASSWD: /usr/bin/systemctl poweroff' > /etc/sudoers.d/facesite-poweroff
+chmod 0440 /etc/sudoers.d/facesite-poweroff
+visudo -cf /etc/sudoers.d/facesite-poweroff
 python3.11 -m venv ${venv_dir}
 ${pip} boto3==${boto3_version}
-# The code, with the instance profile's credentials (the worker role reads the gallery bucket).
+# The code, with the instance profile's credentials (the worker role reads the gallery bucket):
+# retried, since a just-created role's credentials may be refused for a while (IAM propagation),
+# then checked against the sha256 buildami computed, so only that exact commit is installed.
 ${venv_dir}/bin/python - <<'PY'
+import time
 import boto3
-boto3.client("s3", region_name="${region}").download_file("${bucket}", "${key}", "/tmp/src.tar.gz")
+s3 = boto3.client("s3", region_name="${region}")
+for attempt in range(1, 31):
+    try:
+        s3.download_file("${bucket}", "${key}", "/tmp/src.tar.gz")
+        break
+    except Exception as error:
+        if attempt == 30:
+            raise
+        print(f"source download failed ({error}); retry {attempt} in 10 s", flush=True)
+        time.sleep(10)
 PY
+echo "${sha256}  /tmp/src.tar.gz" | sha256sum --check --strict
 install -d ${app_dir}
 tar -xzf /tmp/src.tar.gz -C ${app_dir}
 rm /tmp/src.tar.gz

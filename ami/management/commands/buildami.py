@@ -28,11 +28,23 @@ class Command(BaseCommand):
             default=40,
             help="minutes the builder instance may take to install (default 40)",
         )
+        parser.add_argument(
+            "--commit",
+            default="HEAD",
+            help="the commit to install (git archive of it; default HEAD: uncommitted changes "
+            "are not shipped)",
+        )
 
     def handle(
-        self, *args: Any, dry_run: bool, base_ami: str, timeout: float, **options: Any
+        self,
+        *args: Any,
+        dry_run: bool,
+        base_ami: str,
+        timeout: float,
+        commit: str,
+        **options: Any,
     ) -> None:
-        plan = plan_build(base_ami=base_ami, timeout=timeout * 60)
+        plan = plan_build(base_ami=base_ami, timeout=timeout * 60, commit=commit)
         for line in plan.describe():
             self.stdout.write(line)
         if dry_run:

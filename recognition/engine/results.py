@@ -39,7 +39,7 @@ class FaceResult:
 class Recognition:
     """Every face (largest first) with its match; ``name``/``distance`` answer for the largest
     face and are None when there is no face. ``timings`` are seconds per step: decode, detect,
-    align, embed, match, total."""
+    align, embed, match, second_look (the mirror-image embedding of doubtful faces), total."""
 
     faces: list[FaceResult]
     name: str | None

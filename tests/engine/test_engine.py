@@ -114,9 +114,55 @@ def test_recognition_reports_every_face(
     assert result.name == result.faces[0].match.name
     assert result.distance == result.faces[0].match.distance
     assert all(len(r.match.candidates) == 2 for r in result.faces)
-    assert set(result.timings) == {"decode", "detect", "align", "embed", "match", "total"}
+    assert set(result.timings) == {
+        "decode",
+        "detect",
+        "align",
+        "embed",
+        "match",
+        "second_look",
+        "total",
+    }
     parts = sum(seconds for step, seconds in result.timings.items() if step != "total")
     assert 0 < parts <= result.timings["total"]
+
+
+def test_second_look_mirrors_only_faces_near_the_operating_point(
+    dlib_engine, gallery_without_madonna, single_face_photo
+) -> None:
+    plain = dlib_engine.faces(Image.open(single_face_photo))[0].embedding
+    mirrored = dlib_engine.faces(Image.open(single_face_photo), mirror=True)[0].embedding
+    assert np.linalg.norm(plain - mirrored) > 0.01  # else the test could not tell them apart
+    score = gallery_without_madonna.identify(plain)[0].score
+    band = dlib_engine.second_look_band
+    assert band > 0
+
+    # Just inside the band, on the reject side: embedded again with the mirror image.
+    doubtful = gallery_without_madonna.with_threshold(score + 0.9 * band)
+    result = dlib_engine.recognize(single_face_photo, doubtful)
+    face, match = result.faces[0].face, result.faces[0].match
+    np.testing.assert_allclose(face.embedding, mirrored, atol=1e-5)
+    assert match.score == pytest.approx(doubtful.identify(mirrored)[0].score, abs=1e-6)
+    assert match.score != pytest.approx(score, abs=1e-4)
+    assert result.timings["second_look"] > 0
+
+    # Beyond the band either way: the first embedding and answer stand, no extra work.
+    for threshold in (score + 1.1 * band, score - 1.1 * band):
+        confident = gallery_without_madonna.with_threshold(threshold)
+        result = dlib_engine.recognize(single_face_photo, confident)
+        np.testing.assert_array_equal(result.faces[0].face.embedding, plain)
+        assert result.faces[0].match.score == pytest.approx(score, abs=1e-6)
+        assert result.timings["second_look"] == 0.0
+
+    # Band 0 turns it off; the older distance rule never takes a second look.
+    for engine in (
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=0.0),
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, threshold=0.6),
+    ):
+        result = engine.recognize(single_face_photo, doubtful)
+        np.testing.assert_array_equal(result.faces[0].face.embedding, plain)
+    with pytest.raises(ValueError, match="second_look_band"):
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=-0.1)
 
 
 def test_every_source_kind_gives_the_same_answer(

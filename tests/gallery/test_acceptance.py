@@ -76,14 +76,15 @@ def test_lfw_dev_strangers_are_unknown_at_the_self_chosen_operating_point(lfw_de
     assert lfw_dev_report["operating_point"]["method"] == "quantile"
     # The threshold the system picked from the gallery alone holds the target on strangers.
     assert open_set["fpir"] <= 0.01
-    # Where the method stands today (0.915); a regression guard, not the goal (next test).
-    assert open_set["tpir"] >= 0.91
+    # Where the method stands today (355 of 386, 0.920, with the second look at doubtful
+    # faces); a regression guard, not the goal (next test).
+    assert open_set["tpir"] >= 0.919
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 9's goal, not reached yet: TPIR 0.915 at the self-chosen point (FPIR 0.005), "
-    "0.925 at FPIR 0.01 read off the strangers",
+    reason="issue 9's goal, not reached yet: TPIR 0.920 at the self-chosen point (FPIR 0.005), "
+    "0.946 at FPIR 0.01 read off the strangers",
 )
 def test_lfw_dev_open_set_goal(lfw_dev_report):
     open_set = lfw_dev_report["open_set"]

@@ -245,7 +245,7 @@ def test_crashed_services_are_restarted_and_a_dead_emulator_stops_the_stack(runn
 
     # The emulator holds the stack's whole AWS state: its death stops everything.
     started = stack.descendants()
-    child(stack, "ami/local/emulator.py").kill()
+    child(stack, "ami.local.emulator").kill()
     assert stack.process.wait(90) == 1
     assert "moto exited unexpectedly" in stack.output()
     wait_until(lambda: gone(started), 10, "every process runstack started to exit")

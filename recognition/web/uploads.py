@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import connection
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
@@ -151,10 +152,14 @@ def run_request(
                 error,
             )
             unavailable = "Storage or queueing is unavailable right now; try again shortly."
+            # The objects may have been stored before queueing failed: the row says so.
             UploadRequest.objects.filter(pk=row.pk).update(
                 status=UploadRequest.Status.FAILED,
                 error=f"{unavailable} ({error})",
                 reply_status=503,
+                s3_version=row.s3_version,
+                gallery_version=row.gallery_version,
+                stored_at=row.stored_at,
             )
             raise UploadRefused(503, unavailable) from error
         # Waiting can take long: don't hold a database connection (and SQLite's file handles)
@@ -177,7 +182,12 @@ def run_request(
 def store_and_queue(
     row: UploadRequest, objects: Sequence[tuple[str, bytes]], send: SendTask
 ) -> None:
-    """Put the request's objects in the input bucket and send its task, recording both stages."""
+    """Put the request's objects in the input bucket and send its task, recording both stages.
+
+    Both stages' timestamps go to the row in one write once the task is sent: the row was
+    written when the request arrived, so a result that comes back sooner still finds it, and
+    it keeps its final status.
+    """
     versions = []
     for key, data in objects:
         with _aws_slots:
@@ -188,11 +198,16 @@ def store_and_queue(
     row.s3_version = versions[0]
     row.gallery_version = current_gallery_version()
     row.stored_at = timezone.now()
-    row.status = UploadRequest.Status.STORED
-    row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
     with _aws_slots:
         send(row, versions)
-    # A result may already be recorded: it keeps its final status.
-    UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
-        status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
+    row.queued_at = timezone.now()
+    UploadRequest.objects.filter(pk=row.pk).update(
+        s3_version=row.s3_version,
+        gallery_version=row.gallery_version,
+        stored_at=row.stored_at,
+        queued_at=row.queued_at,
+        status=Case(
+            When(status__in=UploadRequest.FINAL_STATUSES, then=F("status")),
+            default=Value(UploadRequest.Status.QUEUED),
+        ),
     )

@@ -27,6 +27,7 @@ engine's, as a share of the engine's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -50,6 +51,9 @@ from ami.local.harness import (
 )
 
 SET_NAME = "1000"
+# Before the load, each tier's CPU is also measured at rest for this long: what it spends per
+# second with nothing to do (polling), apart from what requests cost.
+IDLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,19 @@ def _process_seconds(process: psutil.Process, with_reaped: bool = True) -> float
         return 0.0
     own = times.user + times.system
     return own + (times.children_user + times.children_system if with_reaped else 0.0)
+
+
+def _system_seconds(root: psutil.Process) -> float:
+    """Kernel CPU of the root and its live descendants (system calls, scheduling, sockets)."""
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.cpu_times().system
+    return total
 
 
 def _tree_seconds(root: psutil.Process) -> float:
@@ -103,6 +120,8 @@ def snapshot(processes: dict[str, psutil.Process]) -> TierCpu:
     return TierCpu(
         {
             "web": _tree_seconds(processes["web"]) + _tree_seconds(processes["web-front"]),
+            "nginx": _tree_seconds(processes["web-front"]),
+            "web kernel": _system_seconds(processes["web"]),
             "workers": _children_seconds(processes["runner"]),
             "emulator": _tree_seconds(processes["moto"]),
             "scaler": _tree_seconds(processes["scaler"]),
@@ -127,7 +146,6 @@ def start_profilers(processes: dict[str, psutil.Process], out: Path) -> list[sub
                 "--pid",
                 str(processes[name].pid),
                 "--subprocesses",
-                "--nonblocking",
                 "--rate",
                 "200",
                 "--format",
@@ -155,8 +173,15 @@ def run_load(
     labels = course_labels(COURSE_DIR, SET_NAME)
     processes = tier_processes(stack)
     wait_until(lambda: stack.app_tier_states()["running"] == 0, 60, "an idle fleet")
+    idle_start = snapshot(processes)
+    time.sleep(IDLE_SECONDS)
+    idle = {
+        f"idle {tier}": seconds / IDLE_SECONDS
+        for tier, seconds in snapshot(processes).minus(idle_start).items()
+    }
     profilers = start_profilers(processes, profile_dir) if profile_dir else []
     before = snapshot(processes)
+    window_started = time.monotonic()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         replies = list(pool.map(lambda path: upload(stack.web_url, path, timeout=600), images))
@@ -165,12 +190,19 @@ def run_load(
     # Stopped workers finish their warm shutdown and are reaped by the runner.
     time.sleep(2.0)
     spent = snapshot(processes).minus(before)
+    window_seconds = time.monotonic() - window_started
     stop_profilers(profilers)
     correct = sum(
         reply.status_code == 200 and reply.text == f"{path.stem}:{labels[path.stem]}"
         for reply, path in zip(replies, images, strict=True)
     )
-    return {"correct": correct, "load seconds": load_seconds, **spent}
+    return {
+        "correct": correct,
+        "load seconds": load_seconds,
+        "window seconds": window_seconds,
+        **spent,
+        **idle,
+    }
 
 
 def engine_cpu_per_image(images: list[Path], gallery_dir: Path) -> float:
@@ -216,7 +248,7 @@ def main() -> None:
     count = len(images)
     per_request_ms = {
         tier: figures[tier] / count * 1000
-        for tier in ("web", "workers", "emulator", "scaler", "runner")
+        for tier in ("web", "nginx", "web kernel", "workers", "emulator", "scaler", "runner")
     }
     engine_ms = engine_seconds * 1000
     ratio = (per_request_ms["web"] + per_request_ms["workers"] - engine_ms) / engine_ms
@@ -228,6 +260,8 @@ def main() -> None:
     print(f"{'tier':<28}{'CPU ms per request':>20}")
     for tier, label in (
         ("web", "web (gunicorn + nginx)"),
+        ("nginx", "  of which nginx"),
+        ("web kernel", "  of which gunicorn kernel"),
         ("workers", "workers (engine included)"),
         ("emulator", "emulator (moto)"),
         ("scaler", "scaler"),
@@ -235,6 +269,12 @@ def main() -> None:
     ):
         print(f"{label:<28}{per_request_ms[tier]:>20.1f}")
     print(f"{'engine alone, per image':<28}{engine_ms:>20.1f}")
+    print(
+        f"measured over {figures['window seconds']:.1f} s (load, scale-in, 2 s of rest); at rest "
+        f"the web tier spends {figures['idle web'] * 1000:.0f} ms CPU per second, the "
+        f"emulator {figures['idle emulator'] * 1000:.0f}, the scaler "
+        f"{figures['idle scaler'] * 1000:.0f}"
+    )
     print(f"ratio (web + workers - engine) / engine: {ratio:.2f}")
 
 

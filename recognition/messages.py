@@ -9,6 +9,10 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, replace
 
+from celery.signals import before_task_publish
+from kombu import serialization
+from kombu.utils import json as kombu_json
+
 from facesite import aws
 from facesite.celery_app import app
 from recognition.lifecycle import Outcome
@@ -20,18 +24,62 @@ API_RECOGNIZE = "recognition.tasks.api_recognize"
 API_DETECT = "recognition.tasks.api_detect"
 API_VERIFY = "recognition.tasks.api_verify"
 API_EMBED = "recognition.tasks.api_embed"
+# AMQP's "persistent", which Celery asks for and kombu writes in every message's properties.
+PERSISTENT_DELIVERY_MODE = 2
 # Every task the web tier sends; each one's id is a request history row's key.
 TASK_NAMES = frozenset({RECOGNIZE_UPLOAD, API_RECOGNIZE, API_DETECT, API_VERIFY, API_EMBED})
 
 
-def _send_task(name: str, request_id: str, args: tuple) -> None:
-    """Publish one task on the request queue; the request id is the task id.
+def task_envelope(name: str, request_id: str, args: tuple) -> str:
+    """The request-queue message of one task, as kombu's SQS transport writes it with
+    facesite's transport options (plain JSON, body not base64-encoded): Celery builds the task
+    message and `before_task_publish` trims it, exactly as `app.send_task` would."""
+    queue = aws.names().request_queue
+    # ignore_result=None as `send_task` passes it: the trimmed message then leaves it out.
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        request_id, name, args=args, kwargs={}, ignore_result=None
+    )
+    before_task_publish.send(
+        sender=name,
+        body=body,
+        exchange="",
+        routing_key=queue,
+        headers=headers,
+        properties=properties,
+        declare=[],
+        retry_policy=None,
+    )
+    content_type, content_encoding, data = serialization.dumps(body, serializer="json")
+    envelope = {
+        "body": data,
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {
+            **properties,
+            "delivery_mode": PERSISTENT_DELIVERY_MODE,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": None,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return kombu_json.dumps(envelope)
 
-    Nothing is declared: the queue is predefined (kombu's SQS transport only looks its URL up),
-    and Celery would otherwise bind a copy of the queue and run kombu's declare-with-retry
-    machinery on every publish, a large share of the web tier's CPU per upload.
+
+def _send_task(name: str, request_id: str, args: tuple) -> None:
+    """Put one task on the request queue with the process's shared SQS client; the request id
+    is the task id.
+
+    Not through `app.send_task`: kombu's producer pool gives every pooled connection a boto3
+    client of its own (built from a fresh session, which parses botocore's data files again),
+    and binds and declares the queue with retries on every publish. That machinery cost the
+    web tier more CPU per upload than the SQS call itself; the message is the same.
     """
-    app.send_task(name, args=args, task_id=request_id, declare=[])
+    aws.client("sqs").send_message(
+        QueueUrl=aws.names().request_queue_url,
+        MessageBody=task_envelope(name, request_id, args),
+    )
 
 
 def send_recognize_task(request_id: str, key: str, version: str, gallery_version: str) -> None:

@@ -9,13 +9,13 @@ import json
 import logging
 import posixpath
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
@@ -26,7 +26,7 @@ from recognition.engine.imaging import read_header
 from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
-from recognition.messages import send_recognize_task
+from recognition.messages import RECOGNIZE_UPLOAD, send_recognize_task, task_envelope
 from recognition.metrics import observe_stages
 from recognition.models import UploadRequest, file_stem
 from recognition.web.responses import reply_address, waiters
@@ -201,13 +201,26 @@ def store_and_queue(
     with _aws_slots:
         send(row, versions)
     row.queued_at = timezone.now()
-    UploadRequest.objects.filter(pk=row.pk).update(
-        s3_version=row.s3_version,
-        gallery_version=row.gallery_version,
-        stored_at=row.stored_at,
-        queued_at=row.queued_at,
-        status=Case(
-            When(status__in=UploadRequest.FINAL_STATUSES, then=F("status")),
-            default=Value(UploadRequest.Status.QUEUED),
-        ),
+    stages = {
+        "s3_version": row.s3_version,
+        "gallery_version": row.gallery_version,
+        "stored_at": row.stored_at,
+        "queued_at": row.queued_at,
+    }
+    queued = (
+        UploadRequest.objects.filter(pk=row.pk)
+        .exclude(status__in=UploadRequest.FINAL_STATUSES)
+        .update(status=UploadRequest.Status.QUEUED, **stages)
     )
+    if not queued:
+        # The result was recorded first: the row keeps its final status.
+        UploadRequest.objects.filter(pk=row.pk).update(**stages)
+
+
+def prepare_request_path() -> None:
+    """Do once, when a web process starts, what the first request would otherwise pay for:
+    the S3 and SQS clients and the task message's first build (Celery's and kombu's lazy
+    imports and caches)."""
+    aws.client("s3")
+    aws.client("sqs")
+    task_envelope(RECOGNIZE_UPLOAD, str(uuid.uuid4()), ("warm-up.jpg", "", ""))

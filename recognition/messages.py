@@ -9,6 +9,10 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, replace
 
+from celery.signals import before_task_publish
+from kombu import serialization
+from kombu.utils import json as kombu_json
+
 from facesite import aws
 from facesite.celery_app import app
 from recognition.lifecycle import Outcome
@@ -20,14 +24,68 @@ API_RECOGNIZE = "recognition.tasks.api_recognize"
 API_DETECT = "recognition.tasks.api_detect"
 API_VERIFY = "recognition.tasks.api_verify"
 API_EMBED = "recognition.tasks.api_embed"
+# AMQP's "persistent", which Celery asks for and kombu writes in every message's properties.
+PERSISTENT_DELIVERY_MODE = 2
 # Every task the web tier sends; each one's id is a request history row's key.
 TASK_NAMES = frozenset({RECOGNIZE_UPLOAD, API_RECOGNIZE, API_DETECT, API_VERIFY, API_EMBED})
+
+
+def task_envelope(name: str, request_id: str, args: tuple) -> str:
+    """The request-queue message of one task, as kombu's SQS transport writes it with
+    facesite's transport options (plain JSON, body not base64-encoded): Celery builds the task
+    message and `before_task_publish` trims it, exactly as `app.send_task` would."""
+    queue = aws.names().request_queue
+    # ignore_result=None as `send_task` passes it: the trimmed message then leaves it out.
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        request_id, name, args=args, kwargs={}, ignore_result=None
+    )
+    before_task_publish.send(
+        sender=name,
+        body=body,
+        exchange="",
+        routing_key=queue,
+        headers=headers,
+        properties=properties,
+        declare=[],
+        retry_policy=None,
+    )
+    content_type, content_encoding, data = serialization.dumps(body, serializer="json")
+    envelope = {
+        "body": data,
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {
+            **properties,
+            "delivery_mode": PERSISTENT_DELIVERY_MODE,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": None,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return kombu_json.dumps(envelope)
+
+
+def _send_task(name: str, request_id: str, args: tuple) -> None:
+    """Put one task on the request queue with the process's shared SQS client; the request id
+    is the task id.
+
+    Not through `app.send_task`: kombu's producer pool gives every pooled connection a boto3
+    client of its own (built from a fresh session, which parses botocore's data files again),
+    and binds and declares the queue with retries on every publish. That machinery cost the
+    web tier more CPU per upload than the SQS call itself; the message is the same.
+    """
+    aws.client("sqs").send_message(
+        QueueUrl=aws.names().request_queue_url,
+        MessageBody=task_envelope(name, request_id, args),
+    )
 
 
 def send_recognize_task(request_id: str, key: str, version: str, gallery_version: str) -> None:
     """Queue the recognition of one stored upload; the request id is the task id. Metadata
     only: with the bounded file name it fits the request queue's 1,024 bytes."""
-    app.send_task(RECOGNIZE_UPLOAD, args=(key, version, gallery_version), task_id=request_id)
+    _send_task(RECOGNIZE_UPLOAD, request_id, (key, version, gallery_version))
 
 
 def task_request_id(body: str) -> str:
@@ -43,11 +101,11 @@ def task_request_id(body: str) -> str:
 
 
 def send_api_recognize(request_id: str, key: str, gallery_version: str, top_k: int) -> None:
-    app.send_task(API_RECOGNIZE, args=(key, gallery_version, top_k), task_id=request_id)
+    _send_task(API_RECOGNIZE, request_id, (key, gallery_version, top_k))
 
 
 def send_api_detect(request_id: str, key: str) -> None:
-    app.send_task(API_DETECT, args=(key,), task_id=request_id)
+    _send_task(API_DETECT, request_id, (key,))
 
 
 def send_api_verify(
@@ -56,11 +114,11 @@ def send_api_verify(
     """Verify the face in ``key`` against the one in ``other_key`` or, when that is "", against
     ``subject`` in the named gallery. The subject name is bounded by the API
     (recognition.api.gallery.MAX_SUBJECT_WIRE_BYTES) so the message fits 1,024 bytes."""
-    app.send_task(API_VERIFY, args=(key, other_key, subject, gallery_version), task_id=request_id)
+    _send_task(API_VERIFY, request_id, (key, other_key, subject, gallery_version))
 
 
 def send_api_embed(request_id: str, key: str) -> None:
-    app.send_task(API_EMBED, args=(key,), task_id=request_id)
+    _send_task(API_EMBED, request_id, (key,))
 
 
 @dataclass(frozen=True)

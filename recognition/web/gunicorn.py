@@ -41,10 +41,12 @@ def post_worker_init(worker: object) -> None:
     from django.urls import get_resolver
 
     from recognition.web.responses import start_consumers
+    from recognition.web.uploads import prepare_request_path
 
     # Load the URLconf and views now: the health check reaches only one process, and the
     # first upload to another shouldn't pay for the imports.
     get_resolver().resolve("/")
+    prepare_request_path()
     start_consumers()
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import posixpath
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -25,7 +26,7 @@ from recognition.engine.imaging import read_header
 from recognition.gallery import snapshots
 from recognition.gallery.store import latest_snapshot_version, snapshot_data
 from recognition.lifecycle import Reply, reply_for
-from recognition.messages import send_recognize_task
+from recognition.messages import RECOGNIZE_UPLOAD, send_recognize_task, task_envelope
 from recognition.metrics import observe_stages
 from recognition.models import UploadRequest, file_stem
 from recognition.web.responses import reply_address, waiters
@@ -151,10 +152,14 @@ def run_request(
                 error,
             )
             unavailable = "Storage or queueing is unavailable right now; try again shortly."
+            # The objects may have been stored before queueing failed: the row says so.
             UploadRequest.objects.filter(pk=row.pk).update(
                 status=UploadRequest.Status.FAILED,
                 error=f"{unavailable} ({error})",
                 reply_status=503,
+                s3_version=row.s3_version,
+                gallery_version=row.gallery_version,
+                stored_at=row.stored_at,
             )
             raise UploadRefused(503, unavailable) from error
         # Waiting can take long: don't hold a database connection (and SQLite's file handles)
@@ -177,7 +182,12 @@ def run_request(
 def store_and_queue(
     row: UploadRequest, objects: Sequence[tuple[str, bytes]], send: SendTask
 ) -> None:
-    """Put the request's objects in the input bucket and send its task, recording both stages."""
+    """Put the request's objects in the input bucket and send its task, recording both stages.
+
+    Both stages' timestamps go to the row in one write once the task is sent: the row was
+    written when the request arrived, so a result that comes back sooner still finds it, and
+    it keeps its final status.
+    """
     versions = []
     for key, data in objects:
         with _aws_slots:
@@ -188,11 +198,29 @@ def store_and_queue(
     row.s3_version = versions[0]
     row.gallery_version = current_gallery_version()
     row.stored_at = timezone.now()
-    row.status = UploadRequest.Status.STORED
-    row.save(update_fields=["s3_version", "gallery_version", "stored_at", "status"])
     with _aws_slots:
         send(row, versions)
-    # A result may already be recorded: it keeps its final status.
-    UploadRequest.objects.filter(pk=row.pk, status=UploadRequest.Status.STORED).update(
-        status=UploadRequest.Status.QUEUED, queued_at=timezone.now()
+    row.queued_at = timezone.now()
+    stages = {
+        "s3_version": row.s3_version,
+        "gallery_version": row.gallery_version,
+        "stored_at": row.stored_at,
+        "queued_at": row.queued_at,
+    }
+    queued = (
+        UploadRequest.objects.filter(pk=row.pk)
+        .exclude(status__in=UploadRequest.FINAL_STATUSES)
+        .update(status=UploadRequest.Status.QUEUED, **stages)
     )
+    if not queued:
+        # The result was recorded first: the row keeps its final status.
+        UploadRequest.objects.filter(pk=row.pk).update(**stages)
+
+
+def prepare_request_path() -> None:
+    """Do once, when a web process starts, what the first request would otherwise pay for:
+    the S3 and SQS clients and the task message's first build (Celery's and kombu's lazy
+    imports and caches)."""
+    aws.client("s3")
+    aws.client("sqs")
+    task_envelope(RECOGNIZE_UPLOAD, str(uuid.uuid4()), ("warm-up.jpg", "", ""))

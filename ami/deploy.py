@@ -34,12 +34,11 @@ from ami.image.build import (
     AL2023_PARAMETER,
     APP_DIR,
     COMMIT_TAG,
-    TORCH_CPU_INDEX,
     VENV_DIR,
     BuildError,
     BuildResult,
     build,
-    pinned_version,
+    install_values,
     plan_build,
     run_instance,
     upload_source,
@@ -263,7 +262,6 @@ def web_environment(names: Names, public_ip: str, worker_group: str) -> dict[str
 
 
 def web_user_data(names: Names, public_ip: str, worker_group: str, key: str, sha256: str) -> str:
-    requirements = settings.BASE_DIR / "requirements"
     units = {
         name: render_template(
             f"facesite-{name}.service", app_dir=APP_DIR, venv_dir=VENV_DIR, env_file=WEB_ENV_FILE
@@ -275,17 +273,7 @@ def web_user_data(names: Names, public_ip: str, worker_group: str, key: str, sha
     )
     script = render_template(
         "web.sh",
-        venv_dir=VENV_DIR,
-        app_dir=APP_DIR,
-        pip=f"{VENV_DIR}/bin/pip install --no-cache-dir",
-        boto3_version=pinned_version("boto3", requirements / "base.txt"),
-        torch_version=pinned_version("torch", requirements / "engine.txt"),
-        torchvision_version=pinned_version("torchvision", requirements / "nodeps.txt"),
-        torch_index=TORCH_CPU_INDEX,
-        region=names.region,
-        bucket=names.gallery_bucket,
-        key=key,
-        sha256=sha256,
+        **install_values(names.region, names.gallery_bucket, key, sha256),
         secret_key_parameter=secret_parameter(names, "django-secret-key"),
         admin_password_parameter=secret_parameter(names, "admin-password"),
         heredoc_start=heredoc_start,

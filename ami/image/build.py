@@ -153,24 +153,32 @@ def worker_unit() -> str:
     )
 
 
+def install_values(region: str, bucket: str, key: str, sha256: str) -> dict[str, str]:
+    """What the builder's and the web instance's user data share to install the pinned project
+    from the source bundle s3://bucket/key (checked against sha256)."""
+    requirements = Path(settings.BASE_DIR) / "requirements"
+    return {
+        "venv_dir": VENV_DIR,
+        "app_dir": APP_DIR,
+        "pip": f"{VENV_DIR}/bin/pip install --no-cache-dir",
+        "boto3_version": pinned_version("boto3", requirements / "base.txt"),
+        "torch_version": pinned_version("torch", requirements / "engine.txt"),
+        "torchvision_version": pinned_version("torchvision", requirements / "nodeps.txt"),
+        "torch_index": TORCH_CPU_INDEX,
+        "region": region,
+        "bucket": bucket,
+        "key": key,
+        "sha256": sha256,
+    }
+
+
 def builder_user_data(bucket: str, key: str, region: str, sha256: str) -> str:
     """The builder instance's user data: fetch the source bundle (retrying: the instance
     profile's credentials may take a moment to work), check its sha256, install the worker,
     then power off."""
-    requirements = Path(settings.BASE_DIR) / "requirements"
     script = render_template(
         "builder.sh",
-        venv_dir=VENV_DIR,
-        app_dir=APP_DIR,
-        pip=f"{VENV_DIR}/bin/pip install --no-cache-dir",
-        boto3_version=pinned_version("boto3", requirements / "base.txt"),
-        torch_version=pinned_version("torch", requirements / "engine.txt"),
-        torchvision_version=pinned_version("torchvision", requirements / "nodeps.txt"),
-        torch_index=TORCH_CPU_INDEX,
-        region=region,
-        bucket=bucket,
-        key=key,
-        sha256=sha256,
+        **install_values(region, bucket, key, sha256),
         worker_unit=WORKER_UNIT,
         worker_unit_text=worker_unit(),
     )

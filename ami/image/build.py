@@ -157,7 +157,11 @@ def install_values(region: str, bucket: str, key: str, sha256: str) -> dict[str,
     """What the builder's and the web instance's user data share to install the pinned project
     from the source bundle s3://bucket/key (checked against sha256)."""
     requirements = Path(settings.BASE_DIR) / "requirements"
+    fetch_source = render_template(
+        "fetch-source.py.tmpl", region=region, bucket=bucket, key=key
+    ).rstrip("\n")
     return {
+        "fetch_source": fetch_source,
         "venv_dir": VENV_DIR,
         "app_dir": APP_DIR,
         "pip": f"{VENV_DIR}/bin/pip install --no-cache-dir",

@@ -22,7 +22,6 @@ with a bias, so it is folded into that convolution at load time: same result, on
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import WeightsFormatError
+from .packaged import packaged_model_path
 
 WEIGHTS_FILE_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150
@@ -56,20 +56,8 @@ _BLOCKS: tuple[tuple[int, int], ...] = (
 
 
 def default_weights_path() -> Path:
-    """The .dat file inside the installed face-recognition-models package.
-
-    Found via the import system without importing the package: its __init__ needs
-    pkg_resources, which current setuptools no longer provides.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the face-recognition-models package is not installed (requirements/engine.txt)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{WEIGHTS_FILE_NAME} is missing from {path.parent}")
-    return path
+    """The ResNet's .dat file inside the installed face-recognition-models package."""
+    return packaged_model_path(WEIGHTS_FILE_NAME)
 
 
 # --- reading dlib's serialisation -------------------------------------------------------------

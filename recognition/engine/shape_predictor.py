@@ -16,7 +16,6 @@ bottom of the nose.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from array import array
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 
 from .alignment import umeyama
 from .errors import WeightsFormatError
+from .packaged import packaged_model_path
 
 WEIGHTS_FILE_NAME = "shape_predictor_5_face_landmarks.dat"
 LANDMARK_COUNT = 5
@@ -71,17 +71,8 @@ def chip_matrix(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
 
 
 def default_weights_path() -> Path:
-    """The .dat file inside the installed face-recognition-models package (found without
-    importing the package, whose __init__ needs pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the face-recognition-models package is not installed (requirements/engine.txt)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{WEIGHTS_FILE_NAME} is missing from {path.parent}")
-    return path
+    """The shape predictor's .dat file inside the installed face-recognition-models package."""
+    return packaged_model_path(WEIGHTS_FILE_NAME)
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,7 @@ ${pip} boto3==${boto3_version}
 # retried, since a just-created role's credentials may be refused for a while (IAM propagation),
 # then checked against the sha256 buildami computed, so only that exact commit is installed.
 ${venv_dir}/bin/python - <<'PY'
-import time
-import boto3
-s3 = boto3.client("s3", region_name="${region}")
-for attempt in range(1, 31):
-    try:
-        s3.download_file("${bucket}", "${key}", "/tmp/src.tar.gz")
-        break
-    except Exception as error:
-        if attempt == 30:
-            raise
-        print(f"source download failed ({error}); retry {attempt} in 10 s", flush=True)
-        time.sleep(10)
+${fetch_source}
 PY
 echo "${sha256}  /tmp/src.tar.gz" | sha256sum --check --strict
 install -d ${app_dir}

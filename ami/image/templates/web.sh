@@ -13,18 +13,7 @@ install -d -m 0750 -o root -g facesite /etc/facesite
 # The code (retried: the role's credentials may be refused for a while), checked by sha256; then
 # the secrets, into a file only root and the facesite group can read.
 ${venv_dir}/bin/python - <<'PY'
-import time
-import boto3
-s3 = boto3.client("s3", region_name="${region}")
-for attempt in range(1, 31):
-    try:
-        s3.download_file("${bucket}", "${key}", "/tmp/src.tar.gz")
-        break
-    except Exception as error:
-        if attempt == 30:
-            raise
-        print(f"source download failed ({error}); retry {attempt} in 10 s", flush=True)
-        time.sleep(10)
+${fetch_source}
 ssm = boto3.client("ssm", region_name="${region}")
 values = {
     name: ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]

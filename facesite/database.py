@@ -20,6 +20,9 @@ def sqlite_database(path: Path) -> dict[str, Any]:
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
         },
+        # Each thread keeps its connection: opening one (Django registers its SQL functions
+        # on each) costs more than a request's queries. At most one per web thread.
+        "CONN_MAX_AGE": None,
     }
 
 

@@ -5,6 +5,7 @@ so a couple of processes with many threads hold a thousand simultaneous uploads.
 """
 
 import os
+import resource
 import shutil
 
 from facesite.config import load as _load_config
@@ -32,6 +33,11 @@ accesslog = None
 
 
 def on_starting(server: object) -> None:
+    # Every waiting upload holds a socket and, on SQLite, its thread's database connection
+    # (two or three files): a thousand of them outgrow the common soft limit of 1,024 open
+    # files. The processes gunicorn forks inherit the raised limit.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Counters of a previous run's processes would otherwise be added to this run's.
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     _metrics_dir.mkdir(parents=True)

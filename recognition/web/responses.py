@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from facesite import aws
 from recognition import lifecycle
@@ -29,36 +30,51 @@ from recognition.models import UploadRequest
 
 logger = logging.getLogger(__name__)
 
+# How long a response consumer rests after a receive that returned fewer than ten results.
+RESULT_BATCH_LINGER_SECONDS = 0.05
+# How long a dead-letter consumer rests between receives.
+DEAD_LETTER_PAUSE_SECONDS = 2.0
+
+
+class Waiter(threading.Event):
+    """A request waiting in this process; woken with its row's completed fields when the
+    consumer that recorded its result runs in this process, so that it need not read them back."""
+
+    completed: dict[str, Any] | None = None
+
 
 class Waiters:
     """Requests of this process waiting for their result, by request id."""
 
     def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+        self._waiters: dict[str, Waiter] = {}
         self._lock = threading.Lock()
 
-    def register(self, request_id: str) -> threading.Event:
-        event = threading.Event()
+    def register(self, request_id: str) -> Waiter:
+        waiter = Waiter()
         with self._lock:
-            self._events[request_id] = event
-        return event
+            self._waiters[request_id] = waiter
+        return waiter
 
     def discard(self, request_id: str) -> None:
         with self._lock:
-            self._events.pop(request_id, None)
+            self._waiters.pop(request_id, None)
 
-    def wake(self, request_id: str) -> bool:
-        """Wake the request if it waits in this process; False when it doesn't."""
+    def wake(self, request_id: str, completed: dict[str, Any] | None = None) -> bool:
+        """Wake the request if it waits in this process, handing it the fields its row was
+        completed with when known; False when it doesn't wait here."""
         with self._lock:
-            event = self._events.get(request_id)
-        if event is None:
+            waiter = self._waiters.get(request_id)
+        if waiter is None:
             return False
-        event.set()
+        if completed is not None and not waiter.is_set():
+            waiter.completed = completed
+        waiter.set()
         return True
 
     def pending(self) -> list[str]:
         with self._lock:
-            return [rid for rid, event in self._events.items() if not event.is_set()]
+            return [rid for rid, waiter in self._waiters.items() if not waiter.is_set()]
 
 
 waiters = Waiters()
@@ -68,26 +84,39 @@ def _timestamp(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, tz=UTC) if epoch is not None else None
 
 
-def record_result(result: ResultMessage) -> bool:
-    """Complete the request's history row; False when it was already complete (a redelivery)."""
+def completed_fields(result: ResultMessage) -> dict[str, Any]:
+    """The history row's fields a result completes: written by `record_result` and handed to
+    the request waiting in this process (one mapping for both)."""
+    return {
+        "status": lifecycle.history_status(result.outcome),
+        "name": result.name,
+        "distance": result.distance,
+        "faces": result.faces,
+        "result_status": lifecycle.http_status(result.outcome),
+        "error": result.error,
+        "outcome": result.outcome,
+        "result": result.payload,
+        "worker_instance_id": result.instance,
+        "started_at": _timestamp(result.started),
+        "finished_at": _timestamp(result.finished),
+    }
+
+
+def record_result(result: ResultMessage) -> dict[str, Any] | None:
+    """Complete the request's history row; the fields written, or None when it was already
+    complete (a redelivery) or is unknown."""
+    fields = completed_fields(result)
     updated = (
         UploadRequest.objects.filter(pk=result.request_id)
         .exclude(status__in=UploadRequest.FINAL_STATUSES)
-        .update(
-            status=lifecycle.history_status(result.outcome),
-            name=result.name,
-            distance=result.distance,
-            faces=result.faces,
-            result_status=lifecycle.http_status(result.outcome),
-            error=result.error,
-            outcome=result.outcome,
-            result=result.payload,
-            worker_instance_id=result.instance,
-            started_at=_timestamp(result.started),
-            finished_at=_timestamp(result.finished),
-        )
+        .update(**fields)
     )
-    return bool(updated)
+    return fields if updated else None
+
+
+# What recording one message gives: the request id to wake and the fields its row was
+# completed with (None when the row was complete already), or None for a message dropped.
+Recorded = tuple[str, dict[str, Any] | None] | None
 
 
 class QueueConsumer(threading.Thread):
@@ -102,9 +131,13 @@ class QueueConsumer(threading.Thread):
     def queue_url(self) -> str:
         raise NotImplementedError
 
-    def record(self, body: str) -> str | None:
-        """Record one message; the request id to wake, or None for a body that is dropped."""
+    def record(self, body: str) -> Recorded:
+        """Record one message (see `Recorded`)."""
         raise NotImplementedError
+
+    def pause_after(self, received: int) -> float:
+        """Seconds to rest after a receive that returned `received` messages."""
+        return 0.0
 
     def run(self) -> None:
         sqs = aws.client("sqs")
@@ -118,23 +151,30 @@ class QueueConsumer(threading.Thread):
                     ).get("Messages", [])
                     if messages:
                         self.handle(messages)
+                    self.stop.wait(self.pause_after(len(messages)))
                 except Exception:
                     logger.exception("%s: receive failed; retrying in 1 s", self.name)
                     connection.close()  # a broken database connection is opened afresh
                     self.stop.wait(1.0)
 
     def handle(self, messages: list[dict]) -> None:
-        done = []
-        waiting_elsewhere = []
-        for message in messages:
-            request_id = self.record(message["Body"])
-            if request_id is not None and not waiters.wake(request_id):
-                waiting_elsewhere.append(request_id)
-            done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})
+        # One transaction, one commit, for the batch's rows; the requests are woken after it,
+        # when every reader of the database sees their rows complete.
+        with transaction.atomic():
+            recorded = [self.record(message["Body"]) for message in messages]
+        waiting_elsewhere = [
+            request_id
+            for request_id, completed in filter(None, recorded)
+            if not waiters.wake(request_id, completed)
+        ]
         if waiting_elsewhere:
             self.pass_on(waiting_elsewhere)
         # Deleted only after the rows are written: a process that dies before this point leaves
         # the messages to come back after the visibility timeout, and recording is idempotent.
+        done = [
+            {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
+            for index, message in enumerate(messages)
+        ]
         aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url(), Entries=done)
 
     def pass_on(self, request_ids: list[str]) -> None:
@@ -162,23 +202,28 @@ class ResponseConsumer(QueueConsumer):
     def queue_url(self) -> str:
         return aws.names().response_queue_url
 
-    def record(self, body: str) -> str | None:
+    def pause_after(self, received: int) -> float:
+        # Results arrive a few at a time under load: resting briefly after a partial batch lets
+        # the next receive (and its delete) carry several, at the cost of that much latency.
+        return RESULT_BATCH_LINGER_SECONDS if 0 < received < 10 else 0.0
+
+    def record(self, body: str) -> Recorded:
         try:
             result = ResultMessage.from_json(body)
             uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
         except (ValueError, TypeError):
             logger.error("response consumer: dropping malformed message %r", body)
             return None
-        recorded = record_result(result)
+        completed = record_result(result)
         logger.info(
             "request %s result %s from %s%s",
             result.request_id,
             result.outcome,
             result.instance or "a worker",
-            "" if recorded else " (a redelivery: already recorded)",
+            "" if completed else " (a redelivery: already recorded)",
             extra={"request_id": result.request_id},
         )
-        return result.request_id
+        return result.request_id, completed
 
 
 class DeadLetterConsumer(QueueConsumer):
@@ -191,7 +236,11 @@ class DeadLetterConsumer(QueueConsumer):
     def queue_url(self) -> str:
         return aws.names().request_dead_letter_queue_url
 
-    def record(self, body: str) -> str | None:
+    def pause_after(self, received: int) -> float:
+        # Dead letters are rare and already minutes late on AWS: polling seldom costs nothing.
+        return DEAD_LETTER_PAUSE_SECONDS
+
+    def record(self, body: str) -> Recorded:
         try:
             request_id = task_request_id(body)
         except ValueError as error:
@@ -202,9 +251,12 @@ class DeadLetterConsumer(QueueConsumer):
             " times without a result, then moved to the dead-letter queue (see the worker logs"
             " for this request id)."
         )
-        if record_result(refused(lifecycle.Outcome.FAILED, detail).stamped(request_id=request_id)):
+        completed = record_result(
+            refused(lifecycle.Outcome.FAILED, detail).stamped(request_id=request_id)
+        )
+        if completed:
             logger.error("request %s failed: its task was dead-lettered", request_id)
-        return request_id
+        return request_id, completed
 
 
 class WakeListener(threading.Thread):

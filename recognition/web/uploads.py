@@ -140,7 +140,7 @@ def run_request(
     the input bucket, send its task, wait for the result and answer from the history row.
     Raises UploadRefused(503) when storage or queueing fails."""
     request_id = str(row.pk)
-    arrived = waiters.register(request_id)
+    waiter = waiters.register(request_id)
     try:
         try:
             store_and_queue(row, objects, send)
@@ -162,14 +162,21 @@ def run_request(
                 stored_at=row.stored_at,
             )
             raise UploadRefused(503, unavailable) from error
-        # Waiting can take long: don't hold a database connection (and SQLite's file handles)
-        # through it.
-        connection.close()
-        arrived.wait(settings.FACESITE_REPLY_TIMEOUT)
+        if connection.vendor != "sqlite":
+            # Waiting can take long: a pooled connection goes back to the pool meanwhile, or a
+            # few hundred waiting requests would drain it. (A SQLite connection is this
+            # thread's own file handle, and opening it again costs more than the query.)
+            connection.close()
+        waiter.wait(settings.FACESITE_REPLY_TIMEOUT)
     finally:
         waiters.discard(request_id)
 
-    row.refresh_from_db()
+    if waiter.completed is None:
+        row.refresh_from_db()
+    else:
+        # The consumer that completed the row runs in this process and handed over its fields.
+        for field, value in waiter.completed.items():
+            setattr(row, field, value)
     answer = reply(row)
     replied_at = timezone.now()
     UploadRequest.objects.filter(pk=row.pk).update(

@@ -75,14 +75,16 @@ def test_result_round_trips_through_json():
 def test_record_result_is_idempotent_and_reply_follows_it():
     row = UploadRequest.objects.create(file_name="test_07.jpg", received_at=timezone.now())
     result = recognised("Bob", 0.3, 1).stamped(request_id=str(row.pk), instance="i-7", finished=2.0)
-    assert record_result(result) is True
+    written = record_result(result)
     # A redelivered task's second result changes nothing.
     assert (
         record_result(refused(Outcome.FAILED, "late duplicate").stamped(request_id=str(row.pk)))
-        is False
+        is None
     )
     row.refresh_from_db()
     assert (row.status, row.name, row.worker_instance_id) == ("done", "Bob", "i-7")
+    # What it returns is what it wrote: the copy a waiting request completes its row with.
+    assert written == {field: getattr(row, field) for field in written}
     assert reply_for(row).status == 200 and reply_for(row).text == "test_07:Bob"
 
 

@@ -12,6 +12,7 @@ was delivered FACESITE_MAX_RECEIVES times without a result, so its request is re
 failed (our fault) and woken the same way, instead of waiting for the reply timeout.
 """
 
+import contextlib
 import logging
 import socket
 import threading
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 # How long a response consumer rests after a receive that returned fewer than ten results.
 RESULT_BATCH_LINGER_SECONDS = 0.05
+# Recorded messages are deleted ten at a time, or once the oldest has waited this long (or the
+# queue has run dry): far inside the visibility timeout, after which SQS would hand them out
+# again (harmlessly: recording is idempotent).
+DELETE_DELAY_SECONDS = 1.0
 # How long a dead-letter consumer rests between receives.
 DEAD_LETTER_PAUSE_SECONDS = 2.0
 
@@ -121,12 +126,15 @@ Recorded = tuple[str, dict[str, Any] | None] | None
 
 class QueueConsumer(threading.Thread):
     """Long-polls one queue in batches: records each message in its request's history row,
-    wakes the request, and deletes the batch once every row is written."""
+    wakes the request, and deletes the messages in batches once their rows are written."""
 
     def __init__(self, stop: threading.Event, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.stop = stop
         self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Receipt handles of messages recorded but not yet deleted, and when the first came.
+        self.recorded: list[str] = []
+        self.recorded_since = 0.0
 
     def queue_url(self) -> str:
         raise NotImplementedError
@@ -151,11 +159,14 @@ class QueueConsumer(threading.Thread):
                     ).get("Messages", [])
                     if messages:
                         self.handle(messages)
+                    self.delete_recorded(queue_dry=not messages)
                     self.stop.wait(self.pause_after(len(messages)))
                 except Exception:
                     logger.exception("%s: receive failed; retrying in 1 s", self.name)
                     connection.close()  # a broken database connection is opened afresh
                     self.stop.wait(1.0)
+            with contextlib.suppress(Exception):  # what is left comes back: recorded already
+                self.delete_recorded(queue_dry=True)
 
     def handle(self, messages: list[dict]) -> None:
         # One transaction, one commit, for the batch's rows; the requests are woken after it,
@@ -169,13 +180,23 @@ class QueueConsumer(threading.Thread):
         ]
         if waiting_elsewhere:
             self.pass_on(waiting_elsewhere)
-        # Deleted only after the rows are written: a process that dies before this point leaves
-        # the messages to come back after the visibility timeout, and recording is idempotent.
-        done = [
-            {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
-            for index, message in enumerate(messages)
-        ]
-        aws.client("sqs").delete_message_batch(QueueUrl=self.queue_url(), Entries=done)
+        if not self.recorded:
+            self.recorded_since = time.monotonic()
+        self.recorded.extend(message["ReceiptHandle"] for message in messages)
+
+    def delete_recorded(self, queue_dry: bool) -> None:
+        """Delete the recorded messages when ten are waiting, the oldest has waited
+        DELETE_DELAY_SECONDS or the queue is dry. Only recorded ones: a process that dies
+        first leaves them to come back after the visibility timeout, and to be recorded again
+        (idempotently)."""
+        due = queue_dry or time.monotonic() - self.recorded_since >= DELETE_DELAY_SECONDS
+        while self.recorded and (due or len(self.recorded) >= 10):
+            handles, self.recorded = self.recorded[:10], self.recorded[10:]
+            aws.client("sqs").delete_message_batch(
+                QueueUrl=self.queue_url(),
+                Entries=[{"Id": str(index), "ReceiptHandle": h} for index, h in enumerate(handles)],
+            )
+            self.recorded_since = time.monotonic()
 
     def pass_on(self, request_ids: list[str]) -> None:
         """Tell the processes these requests wait in that their rows are complete."""

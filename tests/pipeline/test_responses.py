@@ -108,8 +108,30 @@ def test_a_malformed_result_is_dropped_and_deleted(stop, monkeypatch, caplog):
     consumer = ResponseConsumer(stop)
     with consumer.sender:
         consumer.handle(messages)
+        consumer.delete_recorded(queue_dry=True)
     assert [entry["ReceiptHandle"] for entry in sqs.deleted] == ["r1", "r2"]
     assert caplog.text.count("dropping malformed message") == 2
+
+
+@pytest.mark.django_db
+def test_recorded_results_are_deleted_ten_at_a_time_or_when_the_queue_runs_dry(stop, monkeypatch):
+    sqs = RecordingSQS()
+    monkeypatch.setattr("recognition.web.responses.aws.client", lambda service: sqs)
+    consumer = ResponseConsumer(stop)
+
+    def batch(first: int, count: int) -> list[dict]:
+        return [{"Body": "not json", "ReceiptHandle": f"r{n}"} for n in range(first, first + count)]
+
+    with consumer.sender:
+        consumer.handle(batch(0, 4))
+        consumer.delete_recorded(queue_dry=False)
+        assert sqs.deleted == []  # four recorded just now: they wait for more
+        consumer.handle(batch(4, 8))
+        consumer.delete_recorded(queue_dry=False)
+        assert [entry["ReceiptHandle"] for entry in sqs.deleted] == [f"r{n}" for n in range(10)]
+        consumer.delete_recorded(queue_dry=True)
+    assert [entry["ReceiptHandle"] for entry in sqs.deleted] == [f"r{n}" for n in range(12)]
+    assert consumer.recorded == []
 
 
 @pytest.mark.django_db
@@ -137,6 +159,7 @@ def test_a_dead_lettered_task_fails_its_request_and_wakes_it(stop, monkeypatch, 
         consumer = DeadLetterConsumer(stop)
         with consumer.sender:
             consumer.handle(messages)
+            consumer.delete_recorded(queue_dry=True)
         assert arrived.is_set()
     finally:
         waiters.discard(str(row.pk))

@@ -135,7 +135,10 @@ def course_images(count: int) -> list[Path]:
 
 
 def start_profilers(processes: dict[str, psutil.Process], out: Path) -> list[subprocess.Popen]:
-    """py-spy on gunicorn's master and on the runner, following the processes they fork."""
+    """py-spy on gunicorn's master and on the runner, following the processes they fork. The
+    web tier's samples are those of the thread holding the GIL (its hundreds of threads spend
+    their time waiting, which py-spy cannot always tell from work); the workers' are all, as
+    torch computes without the GIL."""
     out.mkdir(parents=True, exist_ok=True)
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     return [
@@ -152,11 +155,12 @@ def start_profilers(processes: dict[str, psutil.Process], out: Path) -> list[sub
                 "raw",
                 "--output",
                 str(out / f"{label}.txt"),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for name, label in (("web", "web"), ("runner", "workers"))
+        for name, label, extra in (("web", "web", ["--gil"]), ("runner", "workers", []))
     ]
 
 

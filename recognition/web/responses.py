@@ -31,8 +31,10 @@ from recognition.models import UploadRequest
 
 logger = logging.getLogger(__name__)
 
-# How long a response consumer rests after a receive that returned fewer than ten results.
-RESULT_BATCH_LINGER_SECONDS = 0.05
+# After a receive that returned fewer than ten results, a response consumer rests this long
+# for each request waiting in its process, up to the maximum.
+RESULT_LINGER_PER_WAITER_SECONDS = 0.01
+RESULT_LINGER_MAX_SECONDS = 0.2
 # Recorded messages are deleted ten at a time, or once the oldest has waited this long (or the
 # queue has run dry): far inside the visibility timeout, after which SQS would hand them out
 # again (harmlessly: recording is idempotent).
@@ -76,6 +78,9 @@ class Waiters:
             waiter.completed = completed
         waiter.set()
         return True
+
+    def __len__(self) -> int:
+        return len(self._waiters)
 
     def pending(self) -> list[str]:
         with self._lock:
@@ -224,9 +229,12 @@ class ResponseConsumer(QueueConsumer):
         return aws.names().response_queue_url
 
     def pause_after(self, received: int) -> float:
-        # Results arrive a few at a time under load: resting briefly after a partial batch lets
-        # the next receive (and its delete) carry several, at the cost of that much latency.
-        return RESULT_BATCH_LINGER_SECONDS if 0 < received < 10 else 0.0
+        # Under load results arrive one at a time, and a receive costs as much CPU as one of a
+        # request's own AWS calls. Resting after a partial batch, the longer the more requests
+        # wait here, lets the next receive carry several; a request idle alone never waits.
+        if not 0 < received < 10:
+            return 0.0
+        return min(RESULT_LINGER_MAX_SECONDS, RESULT_LINGER_PER_WAITER_SECONDS * len(waiters))
 
     def record(self, body: str) -> Recorded:
         try:

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import uuid
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -111,6 +112,24 @@ def test_a_malformed_result_is_dropped_and_deleted(stop, monkeypatch, caplog):
         consumer.delete_recorded(queue_dry=True)
     assert [entry["ReceiptHandle"] for entry in sqs.deleted] == ["r1", "r2"]
     assert caplog.text.count("dropping malformed message") == 2
+
+
+def test_a_response_consumer_rests_after_a_partial_batch_the_longer_the_more_requests_wait(stop):
+    consumer = ResponseConsumer(stop)
+    consumer.sender.close()
+    ids = [str(uuid.uuid4()) for _ in range(50)]
+    try:
+        assert consumer.pause_after(3) == 0.0  # nobody waits here
+        for request_id in ids[:5]:
+            waiters.register(request_id)
+        assert consumer.pause_after(3) == pytest.approx(0.05)
+        assert consumer.pause_after(0) == consumer.pause_after(10) == 0.0
+        for request_id in ids[5:]:
+            waiters.register(request_id)
+        assert consumer.pause_after(1) == pytest.approx(0.2)  # the cap
+    finally:
+        for request_id in ids:
+            waiters.discard(request_id)
 
 
 @pytest.mark.django_db

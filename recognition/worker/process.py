@@ -6,7 +6,7 @@ import os
 from django.conf import settings
 
 from facesite import aws
-from recognition.worker import selfstop
+from recognition.worker import broker, selfstop
 
 
 def worker_argv(instance: str = "") -> list[str]:
@@ -35,4 +35,5 @@ def run_worker(instance: str = "") -> None:
         selfstop.instance_id.forget()
     # Load the models before consuming, so the first task doesn't pay for it.
     get_engine()
+    app.conf.broker_transport = broker.TRANSPORT
     app.worker_main(worker_argv(instance))

@@ -9,7 +9,7 @@ from PIL import Image
 
 from recognition.engine import shape_predictor
 from recognition.engine.errors import WeightsFormatError
-from recognition.engine.shape_predictor import ShapePredictor, chip_matrix, intensity
+from recognition.engine.shape_predictor import ShapePredictor, chip_matrix
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_landmarks_match_dlib(predictor: ShapePredictor, dlib_faces) -> None:
         theirs = reference(pixels, rect)
         expected = np.array([(theirs.part(i).x, theirs.part(i).y) for i in range(5)])
         box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        ours = predictor.predict(intensity(pixels), box)
+        ours = predictor.predict(pixels, box)
         errors.append(np.abs(np.floor(ours + 0.5) - expected).max())
     errors = np.array(errors)
     # dlib reports whole pixels; a split decided on the other side of a float rounding now and

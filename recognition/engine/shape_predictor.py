@@ -16,6 +16,7 @@ bottom of the nose.
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class CascadeLevel:
 _MAX_TABLE_DEPTH = 4
 
 
+@functools.cache  # one table for every level of a depth
 def _leaf_table(depth: int) -> np.ndarray:
     """For every packed split outcome of a complete tree of ``depth`` (breadth-first splits,
     node n's children 2n + 1 and 2n + 2), the index of the leaf reached from the root."""

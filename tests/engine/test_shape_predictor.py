@@ -49,6 +49,16 @@ def test_landmarks_match_dlib(predictor: ShapePredictor, dlib_faces) -> None:
     assert (errors == 0).mean() >= 0.75, errors
 
 
+def test_leaf_table_follows_each_tree_from_its_root() -> None:
+    """Depth 2: split 0 at the root, 1 and 2 below it; bit n of the index is split n's outcome
+    (1: to the first child). Leaves 0-3 left to right."""
+    table = shape_predictor._leaf_table(2)
+    for outcomes in range(8):
+        root, left, right = (outcomes >> 0) & 1, (outcomes >> 1) & 1, (outcomes >> 2) & 1
+        expected = (0 if left else 1) if root else (2 if right else 3)
+        assert table[outcomes] == expected, outcomes
+
+
 def test_chip_geometry_matches_dlib(dlib_faces) -> None:
     """chip_matrix puts the five landmarks where dlib's get_face_chip_details does."""
     import dlib

@@ -31,7 +31,9 @@ def umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     ``source`` points to ``target`` points, as a 2x3 matrix [A | t]: target ~ A @ p + t.
 
     Umeyama (1991), "Least-squares estimation of transformation parameters between two point
-    patterns", with the reflection guard, so the result is always a proper rotation.
+    patterns", always a proper rotation. In the plane it has a closed form (no SVD): with the
+    centred points as complex numbers s and t, the scaled rotation is the complex factor
+    sum(conj(s) * t) / sum(|s|^2).
     """
     source = np.asarray(source, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -39,18 +41,15 @@ def umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise ValueError(f"need two (n, 2) point sets, got {source.shape} and {target.shape}")
     source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
     source_centred, target_centred = source - source_mean, target - target_mean
-    covariance = target_centred.T @ source_centred / len(source)
-    u, singular, vt = np.linalg.svd(covariance)
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1.0
-    rotation = u @ np.diag(sign) @ vt
-    variance = (source_centred**2).sum() / len(source)
-    if variance <= 0:
+    power = float((source_centred**2).sum())
+    if power <= 0:
         raise ValueError("the source points coincide: no transform is defined")
-    scale = float((singular * sign).sum() / variance)
+    sx, sy = source_centred[:, 0], source_centred[:, 1]
+    tx, ty = target_centred[:, 0], target_centred[:, 1]
+    a = float(sx @ tx + sy @ ty) / power
+    b = float(sx @ ty - sy @ tx) / power
     matrix = np.empty((2, 3))
-    matrix[:, :2] = scale * rotation
+    matrix[:, :2] = ((a, -b), (b, a))
     matrix[:, 2] = target_mean - matrix[:, :2] @ source_mean
     return matrix
 

@@ -53,7 +53,7 @@ DLIB_CHIP_PADDING = 0.25
 _PREDICTOR_BOX_SIDE = 1.1
 _PREDICTOR_BOX_DROP = 0.05
 # The predictor reads pixels around the face only; this much of the box's size on every side is
-# converted to grey for it (its feature pixels stay well inside).
+# handed to it (its feature pixels stay well inside), not the whole photo.
 _PREDICTOR_CONTEXT = 0.75
 
 
@@ -106,12 +106,12 @@ class DlibEmbedder:
         if region[2] <= region[0] or region[3] <= region[1]:
             # The box lies outside the image: the predictor sees black, as dlib's would.
             region = (left, top, left + 1, top + 1)
-            grey = np.zeros((1, 1), dtype=np.uint8)
+            pixels = np.zeros((1, 1, 3), dtype=np.uint8)
         else:
-            grey = shape_predictor.intensity(np.asarray(image.crop(region), dtype=np.uint8))
+            pixels = np.asarray(image.crop(region), dtype=np.uint8)
         offset = np.array(region[:2], dtype=np.float64)
         local_box = (left - region[0], top - region[1], right - region[0], bottom - region[1])
-        return self.predictor.predict(grey, local_box) + offset
+        return self.predictor.predict(pixels, local_box) + offset
 
     def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
         matrix = shape_predictor.chip_matrix(

@@ -16,6 +16,7 @@ bottom of the nose.
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from dataclasses import dataclass
@@ -94,21 +95,49 @@ class CascadeLevel:
     leaves: np.ndarray
 
     def __post_init__(self) -> None:
-        # Flat copies indexed by tree * splits + node: one gather per step instead of two.
         tree_count, split_count = self.first.shape
         depth = int(np.log2(split_count + 1))
         if 2**depth - 1 != split_count or self.leaves.shape[1] != split_count + 1:
             raise WeightsFormatError(f"trees of {split_count} splits are not complete trees")
+        if depth > _MAX_TABLE_DEPTH:
+            raise WeightsFormatError(
+                f"trees of depth {depth}: this port decides trees of up to {_MAX_TABLE_DEPTH} "
+                "levels (dlib's default, and its 5-point model's) by table"
+            )
         set_field = object.__setattr__  # frozen dataclass: derived fields are set once, here
         set_field(self, "tree_count", tree_count)
         set_field(self, "split_count", split_count)
-        set_field(self, "depth", depth)
-        set_field(self, "split_base", np.arange(tree_count) * split_count)
-        set_field(self, "leaf_base", np.arange(tree_count) * (split_count + 1))
-        set_field(self, "first_flat", self.first.reshape(-1))
-        set_field(self, "second_flat", self.second.reshape(-1))
+        # (2, trees * splits): the two feature pixels of every split, for one gather.
+        set_field(self, "split_pixels", np.stack([self.first.reshape(-1), self.second.reshape(-1)]))
         set_field(self, "thresholds_flat", self.thresholds.reshape(-1))
-        set_field(self, "leaves_flat", self.leaves.reshape(tree_count * (split_count + 1), -1))
+        set_field(self, "split_bits", np.left_shift(1, np.arange(split_count, dtype=np.int32)))
+        set_field(self, "leaf_table", _leaf_table(depth))
+        set_field(self, "leaf_base", np.arange(tree_count) * (split_count + 1))
+        # (coordinates, trees * leaves): the leaves a shape step sums sit along rows.
+        set_field(
+            self,
+            "leaves_by_coordinate",
+            np.ascontiguousarray(self.leaves.reshape(tree_count * (split_count + 1), -1).T),
+        )
+
+
+# A tree's leaf follows from the outcomes of all its splits, packed into one integer (bit n:
+# split n went to its first child), through one table lookup: no walk from the root, step by
+# step, for the 500 trees of a level. The table has 2 ** splits entries, 32,768 at depth 4.
+_MAX_TABLE_DEPTH = 4
+
+
+@functools.cache  # one table for every level of a depth
+def _leaf_table(depth: int) -> np.ndarray:
+    """For every packed split outcome of a complete tree of ``depth`` (breadth-first splits,
+    node n's children 2n + 1 and 2n + 2), the index of the leaf reached from the root."""
+    split_count = 2**depth - 1
+    outcomes = np.arange(2**split_count, dtype=np.int64)
+    node = np.zeros_like(outcomes)
+    for _ in range(depth):
+        goes_first = (outcomes >> node) & 1
+        node = 2 * node + 2 - goes_first
+    return (node - split_count).astype(np.intp)
 
 
 def _packed_integers(data: bytes) -> np.ndarray:
@@ -191,26 +220,40 @@ def _floats(pairs: np.ndarray) -> np.ndarray:
 
 
 class ShapePredictor:
-    """dlib's shape_predictor: ``predict(gray, box)`` -> (landmarks, 2) image coordinates."""
+    """dlib's shape_predictor: ``predict(rgb, box)`` -> (landmarks, 2) image coordinates."""
 
     def __init__(self, initial_shape: np.ndarray, levels: list[CascadeLevel]) -> None:
         self.initial_shape = initial_shape  # (landmarks, 2), in the unit square of the box
         self.levels = levels
-        # The mean shape centred, as complex numbers, for _similarity_to.
-        centred = initial_shape - initial_shape.mean(axis=0)
-        self._initial_complex = centred[:, 0] + 1j * centred[:, 1]
-        self._initial_power = float((np.abs(self._initial_complex) ** 2).sum())
+        if len({len(level.anchors) for level in levels}) > 1:
+            raise WeightsFormatError("cascade levels read different numbers of pixels")
+        self._placements = [self._placement(level) for level in levels]
+        self._pixels_read = sum(len(level.anchors) for level in levels)
 
-    def _similarity_to(self, shape: np.ndarray) -> np.ndarray:
-        """The 2x2 rotation-and-scale part of the least-squares similarity taking the mean
-        shape onto ``shape`` (what dlib's find_similarity_transform gives), float32. In the
-        plane it has a closed form: with centred points as complex numbers, the factor
-        sum(conj(source) * target) / sum(|source|^2)."""
-        centred = shape.astype(np.float64) - shape.mean(axis=0)
-        factor = (np.conj(self._initial_complex) * (centred[:, 0] + 1j * centred[:, 1])).sum()
-        factor /= self._initial_power
-        a, b = factor.real, factor.imag
-        return np.array([[a, -b], [b, a]], dtype=np.float32)
+    def _placement(self, level: CascadeLevel) -> np.ndarray:
+        """Where ``level``'s feature pixels sit, as a linear map of the current shape: (2 *
+        features, 2 * landmarks), both sides flattened x, y, x, y, ... (float32, as dlib computes).
+
+        A feature is its anchor landmark plus its offset turned and scaled by the similarity
+        (linear part) from the mean shape to the current shape, as dlib places it. In the plane
+        that similarity has a closed form: with the centred points as complex numbers u (mean
+        shape) and v (current shape), the factor a + ib = sum(conj(u) * v) / sum(|u|^2), linear
+        in v (and as the u sum to zero, v needs no centring). So the whole placement is one
+        matrix, and a level places its 800 pixels with one product.
+        """
+        centred = self.initial_shape - self.initial_shape.mean(axis=0)
+        turned = np.stack([-centred[:, 1], centred[:, 0]], axis=1)
+        # Rows giving a and b from the flattened shape.
+        a, b = np.stack([centred.reshape(-1), turned.reshape(-1)]) / float((centred**2).sum())
+        offsets = level.offsets.astype(np.float64)
+        anchors = np.eye(2 * len(self.initial_shape))
+        placement = np.empty((2 * len(offsets), anchors.shape[1]))
+        # x' = x_anchor + dx a - dy b, y' = y_anchor + dx b + dy a
+        placement[0::2] = anchors[2 * level.anchors] + np.outer(offsets[:, 0], a)
+        placement[0::2] -= np.outer(offsets[:, 1], b)
+        placement[1::2] = anchors[2 * level.anchors + 1] + np.outer(offsets[:, 0], b)
+        placement[1::2] += np.outer(offsets[:, 1], a)
+        return placement.astype(np.float32)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ShapePredictor:
@@ -286,45 +329,58 @@ class ShapePredictor:
             )
         return cls(initial, levels)
 
-    def predict(self, gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    def predict(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """The landmarks (n, 2) of the face in ``box`` = (left, top, right, bottom), inclusive
-        integer pixel bounds as dlib's rectangle, on ``gray``, an (h, w) intensity image."""
+        integer pixel bounds as dlib's rectangle, on ``rgb``, an (h, w, 3) uint8 image."""
         left, top, right, bottom = box
         # dlib's unnormalizing_tform: the unit square onto the box's corners.
         origin = np.array([left, top], dtype=np.float32)
         extent = np.array([right - left, bottom - top], dtype=np.float32)
-        height, width = gray.shape
-        # Pixels as one flat row with a 0 after the last: a feature outside the image reads
-        # that 0 (as dlib's does) through the same single gather as every other feature.
-        pixels = np.append(np.asarray(gray, dtype=np.float32).reshape(-1), np.float32(0.0))
-        outside = height * width
-        # float32 throughout, as dlib computes: a feature pixel on a rounding boundary then
-        # lands where dlib's does.
-        shape = self.initial_shape.astype(np.float32)
-        for level in self.levels:
-            # Feature pixels follow the current shape: each offset turned and scaled by the
-            # similarity from the mean shape to the current one (its linear part only).
-            points = shape[level.anchors] + level.offsets @ self._similarity_to(shape).T
-            # dlib rounds to the nearest pixel.
-            where = np.floor(points * extent + origin + np.float32(0.5)).astype(np.intp)
-            x, y = where[:, 0], where[:, 1]
-            # Unsigned, a negative coordinate is huge: one comparison per axis bounds both ends.
-            inside = (x.astype(np.uintp) < width) & (y.astype(np.uintp) < height)
-            values = pixels[np.where(inside, y * width + x, outside)]
+        height, width = rgb.shape[:2]
+        # The pixels framed by a border of zeros, one pixel wide: a feature outside the image
+        # is clamped onto the border and reads 0 (as dlib's does) through the same single
+        # gather as every other feature.
+        framed = np.zeros((height + 2, width + 2, 3), dtype=np.uint8)
+        framed[1:-1, 1:-1] = rgb
+        # Grey levels are needed at the pixels the cascade reads only: a small image is turned
+        # grey whole, once; in a larger one, just the pixels each level reads are.
+        if framed.shape[0] * framed.shape[1] <= self._pixels_read:
+            grey = intensity(framed).reshape(-1)
 
-            # Every split of every tree decided at once, then each tree walked from its root
-            # (the trees are complete, so all reach a leaf after the same number of steps).
-            goes_first = values[level.first_flat] - values[level.second_flat] > (
-                level.thresholds_flat
-            )
-            node = np.zeros(level.tree_count, dtype=np.intp)
-            for _ in range(level.depth):
-                node = 2 * node + 2 - goes_first[level.split_base + node]
-            leaf = level.leaf_base + node - level.split_count
-            shape = shape + level.leaves_flat[leaf].sum(axis=0).reshape(-1, 2)
-        return shape.astype(np.float64) * extent + origin
+            def read(flat: np.ndarray) -> np.ndarray:
+                return grey.take(flat)
+
+        else:
+            colour = framed.reshape(-1, 3)
+
+            def read(flat: np.ndarray) -> np.ndarray:
+                return intensity(colour.take(flat, axis=0))
+
+        # The unit square onto the box, with dlib's rounding to the nearest pixel (+ 0.5, then
+        # truncation, which floors every coordinate that can land inside: a negative one is
+        # clamped onto the border anyway) and the frame (+ 1), for flattened x, y, x, y, ...
+        # (every level reads as many pixels: dlib's feature pool)
+        features = len(self.levels[0].anchors)
+        scale = np.tile(extent, features)
+        shift = np.tile(origin + np.float32(1.5), features)
+        shape = self.initial_shape.astype(np.float32).reshape(-1)
+        for level, placement in zip(self.levels, self._placements, strict=True):
+            # Feature pixels follow the current shape (_placement).
+            where = (placement @ shape * scale + shift).astype(np.intp)
+            flat = np.ravel_multi_index((where[1::2], where[0::2]), framed.shape[:2], mode="clip")
+            values = read(flat)
+
+            # Every split of every tree decided at once; each tree's outcomes, packed into an
+            # integer, give its leaf by table (_leaf_table).
+            first, second = values.take(level.split_pixels)
+            goes_first = first - second > level.thresholds_flat
+            outcomes = goes_first.reshape(level.tree_count, level.split_count) @ level.split_bits
+            leaf = level.leaf_base + level.leaf_table.take(outcomes)
+            shape = shape + level.leaves_by_coordinate.take(leaf, axis=1).sum(axis=1)
+        return shape.astype(np.float64).reshape(-1, 2) * extent + origin
 
 
 def intensity(rgb: np.ndarray) -> np.ndarray:
-    """dlib's grey level of an RGB pixel: the integer mean of its three channels."""
-    return (rgb.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+    """dlib's grey level of RGB pixels (..., 3): the integer mean of the three channels, as
+    int16 (so that the difference of two is exact)."""
+    return rgb.sum(axis=-1, dtype=np.int16) // 3

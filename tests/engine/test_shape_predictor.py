@@ -9,7 +9,7 @@ from PIL import Image
 
 from recognition.engine import shape_predictor
 from recognition.engine.errors import WeightsFormatError
-from recognition.engine.shape_predictor import ShapePredictor, chip_matrix, intensity
+from recognition.engine.shape_predictor import ShapePredictor, chip_matrix
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,23 @@ def test_landmarks_match_dlib(predictor: ShapePredictor, dlib_faces) -> None:
         theirs = reference(pixels, rect)
         expected = np.array([(theirs.part(i).x, theirs.part(i).y) for i in range(5)])
         box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        ours = predictor.predict(intensity(pixels), box)
+        ours = predictor.predict(pixels, box)
         errors.append(np.abs(np.floor(ours + 0.5) - expected).max())
     errors = np.array(errors)
     # dlib reports whole pixels; a split decided on the other side of a float rounding now and
     # then moves a point by a pixel or two. Most faces agree exactly.
     assert errors.max() <= 2, errors
     assert (errors == 0).mean() >= 0.75, errors
+
+
+def test_leaf_table_follows_each_tree_from_its_root() -> None:
+    """Depth 2: split 0 at the root, 1 and 2 below it; bit n of the index is split n's outcome
+    (1: to the first child). Leaves 0-3 left to right."""
+    table = shape_predictor._leaf_table(2)
+    for outcomes in range(8):
+        root, left, right = (outcomes >> 0) & 1, (outcomes >> 1) & 1, (outcomes >> 2) & 1
+        expected = (0 if left else 1) if root else (2 if right else 3)
+        assert table[outcomes] == expected, outcomes
 
 
 def test_chip_geometry_matches_dlib(dlib_faces) -> None:

@@ -7,9 +7,13 @@ so a couple of processes with many threads hold a thousand simultaneous uploads.
 import os
 import shutil
 
+from facesite import memory
 from facesite.config import load as _load_config
 
 _config = _load_config()
+# Set in the master, inherited by the workers it forks: hundreds of threads per worker would
+# otherwise spread its memory over up to eight malloc arenas per core (facesite/memory.py).
+memory.limit_malloc_arenas()
 # Every process of this gunicorn counts its metrics into files here, which /metrics adds up
 # (facesite/metrics.py). One folder per bind address: two gunicorns on one machine (two web
 # tiers on two ports) must not empty each other's. Set before any process imports
@@ -42,6 +46,8 @@ def post_worker_init(worker: object) -> None:
 
     from recognition.web.responses import start_consumers
     from recognition.web.uploads import prepare_request_path
+
+    memory.start_tracing("web")
 
     # Load the URLconf and views now: the health check reaches only one process, and the
     # first upload to another shouldn't pay for the imports.

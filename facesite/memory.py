@@ -1,0 +1,108 @@
+"""The memory of long-running processes: fewer malloc arenas, and where it goes, on request.
+
+`limit_malloc_arenas`: glibc's malloc gives threads arenas of their own, up to eight per core, to
+spare them its lock. A long-lived object allocated by one thread pins that arena's memory, so a
+process whose threads come and go (the emulator's thread per connection) or that has hundreds
+of them (gunicorn's) holds more and more half-empty arenas: in the emulator this doubled what
+each stored S3 object costs. Two arenas keep that bounded; the threads mostly wait on I/O, and
+CPython's allocator serves its small objects without malloc anyway.
+
+With FACESITE_MEMORY_TRACE_DIR set, `start_tracing` traces the process's Python allocations
+(tracemalloc) and, every FACESITE_MEMORY_TRACE_SECONDS, appends to `<dir>/<name>-<pid>.txt` what
+grew since the previous report: the allocation sites by bytes, and the live objects of each type
+(gc). Under a steady load what a process keeps shows in every report, the warm-up only in the
+first. Tracing costs CPU (the emulator serves about half as fast): it is for profiling, never on
+by default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import threading
+import time
+import tracemalloc
+from collections import Counter
+
+from facesite import config
+
+# Frames kept per allocation: enough to see which library's call made it.
+TRACE_DEPTH = 8
+TOP_SITES = 25
+
+
+def object_counts() -> Counter[str]:
+    """Live objects the collector tracks, by type name."""
+    return Counter(type(item).__name__ for item in gc.get_objects())
+
+
+def _ignored(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
+    return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+
+
+def report(
+    baseline: tracemalloc.Snapshot,
+    baseline_counts: Counter[str],
+    snapshot: tracemalloc.Snapshot,
+    counts: Counter[str],
+) -> str:
+    """What grew between the two snapshots: sites by bytes (with their stacks), objects by type."""
+    lines = []
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    first = sum(stat.size for stat in baseline.statistics("filename"))
+    lines.append(f"traced {first / 2**20:.1f} -> {total / 2**20:.1f} MiB")
+    for stat in snapshot.compare_to(baseline, "traceback")[:TOP_SITES]:
+        if stat.size_diff <= 0:
+            break
+        lines.append(
+            f"\n{stat.size_diff / 2**10:+9.0f} KiB {stat.count_diff:+8d} blocks "
+            f"(now {stat.size / 2**10:.0f} KiB)"
+        )
+        lines.extend(f"    {line}" for line in stat.traceback.format(most_recent_first=True))
+    lines.append("\nobjects by type (growth):")
+    growth = Counter({name: counts[name] - baseline_counts[name] for name in counts})
+    for name, grown in growth.most_common(20):
+        if grown <= 0:
+            break
+        lines.append(f"  {name:40} {grown:+8d} (now {counts[name]})")
+    return "\n".join(lines) + "\n"
+
+
+# mallopt's parameter for the arena limit (glibc's malloc.h).
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS malloc arenas in this process and those it forks (call it before
+    starting threads); nothing where the C library is not glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def start_tracing(name: str) -> None:
+    """Trace this process and report periodically, if the configuration asks for it."""
+    settings = config.load()
+    if settings.memory_trace_dir is None:
+        return
+    path = settings.memory_trace_dir / f"{name}-{os.getpid()}.txt"
+    interval = settings.memory_trace_seconds
+    tracemalloc.start(TRACE_DEPTH)
+
+    def live() -> tuple[tracemalloc.Snapshot, Counter[str]]:
+        gc.collect()  # garbage waiting for the collector is not kept
+        return _ignored(tracemalloc.take_snapshot()), object_counts()
+
+    def reports() -> None:
+        previous, previous_counts = live()
+        while True:
+            time.sleep(interval)
+            snapshot, counts = live()
+            text = report(previous, previous_counts, snapshot, counts)
+            with open(path, "a") as out:
+                out.write(f"=== {time.strftime('%H:%M:%S')}\n{text}\n")
+            previous, previous_counts = snapshot, counts
+
+    threading.Thread(target=reports, name="memory-trace", daemon=True).start()

@@ -8,11 +8,11 @@ each stored S3 object costs. Two arenas keep that bounded; the threads mostly wa
 CPython's allocator serves its small objects without malloc anyway.
 
 With FACESITE_MEMORY_TRACE_DIR set, `start_tracing` traces the process's Python allocations
-(tracemalloc) and, every FACESITE_MEMORY_TRACE_SECONDS, appends to `<dir>/<name>-<pid>.txt` what
-grew since the previous report: the allocation sites by bytes, and the live objects of each type
-(gc). Under a steady load what a process keeps shows in every report, the warm-up only in the
-first. Tracing costs CPU (the emulator serves about half as fast): it is for profiling, never on
-by default.
+(tracemalloc) and, every FACESITE_MEMORY_TRACE_SECONDS, collects garbage and appends to
+`<dir>/<name>-<pid>.txt` the allocation sites that grew since the previous report, by bytes,
+with their stacks. Under a steady load what a process keeps shows in every report, the warm-up
+only in the first. Tracing costs CPU (the emulator serves about half as fast): it is for
+profiling, never on by default.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import threading
 import time
 import tracemalloc
-from collections import Counter
 
 from facesite import config
 
@@ -32,22 +31,12 @@ TRACE_DEPTH = 8
 TOP_SITES = 25
 
 
-def object_counts() -> Counter[str]:
-    """Live objects the collector tracks, by type name."""
-    return Counter(type(item).__name__ for item in gc.get_objects())
-
-
 def _ignored(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
     return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
 
 
-def report(
-    baseline: tracemalloc.Snapshot,
-    baseline_counts: Counter[str],
-    snapshot: tracemalloc.Snapshot,
-    counts: Counter[str],
-) -> str:
-    """What grew between the two snapshots: sites by bytes (with their stacks), objects by type."""
+def report(baseline: tracemalloc.Snapshot, snapshot: tracemalloc.Snapshot) -> str:
+    """What grew between the two snapshots: allocation sites by bytes, with their stacks."""
     lines = []
     total = sum(stat.size for stat in snapshot.statistics("filename"))
     first = sum(stat.size for stat in baseline.statistics("filename"))
@@ -60,12 +49,6 @@ def report(
             f"(now {stat.size / 2**10:.0f} KiB)"
         )
         lines.extend(f"    {line}" for line in stat.traceback.format(most_recent_first=True))
-    lines.append("\nobjects by type (growth):")
-    growth = Counter({name: counts[name] - baseline_counts[name] for name in counts})
-    for name, grown in growth.most_common(20):
-        if grown <= 0:
-            break
-        lines.append(f"  {name:40} {grown:+8d} (now {counts[name]})")
     return "\n".join(lines) + "\n"
 
 
@@ -91,18 +74,17 @@ def start_tracing(name: str) -> None:
     interval = settings.memory_trace_seconds
     tracemalloc.start(TRACE_DEPTH)
 
-    def live() -> tuple[tracemalloc.Snapshot, Counter[str]]:
+    def live() -> tracemalloc.Snapshot:
         gc.collect()  # garbage waiting for the collector is not kept
-        return _ignored(tracemalloc.take_snapshot()), object_counts()
+        return _ignored(tracemalloc.take_snapshot())
 
     def reports() -> None:
-        previous, previous_counts = live()
+        previous = live()
         while True:
             time.sleep(interval)
-            snapshot, counts = live()
-            text = report(previous, previous_counts, snapshot, counts)
+            snapshot = live()
             with open(path, "a") as out:
-                out.write(f"=== {time.strftime('%H:%M:%S')}\n{text}\n")
-            previous, previous_counts = snapshot, counts
+                out.write(f"=== {time.strftime('%H:%M:%S')}\n{report(previous, snapshot)}\n")
+            previous = snapshot
 
     threading.Thread(target=reports, name="memory-trace", daemon=True).start()

@@ -1,5 +1,6 @@
 """The emulator's speed-ups and memory bounds leave moto's answers as they were."""
 
+import copy
 import hashlib
 import logging
 import tempfile
@@ -123,3 +124,12 @@ def test_models_are_not_tracked_for_ever(memory_bounds):
     message = moto.sqs.models.Message("id", "body")
     assert isinstance(message, moto.sqs.models.Message) and message.body == "body"
     assert len(moto.sqs.models.Message.instances_tracked) == tracked
+
+
+def test_a_copied_key_has_a_body_of_its_own(memory_bounds):
+    # moto deep-copies keys (listing versions): the copy's disposal must not take the original's.
+    key = moto.s3.models.FakeKey("face.jpg", b"photo", "123456789012", "us-east-1")
+    copied = copy.deepcopy(key)
+    copied.dispose()
+    assert key.value == b"photo"
+    assert [path.read_bytes() for path in memory_bounds.iterdir()] == [b"photo"]

@@ -11,9 +11,6 @@ from facesite import memory
 from facesite.config import load as _load_config
 
 _config = _load_config()
-# Set in the master, inherited by the workers it forks: hundreds of threads per worker would
-# otherwise spread its memory over up to eight malloc arenas per core (facesite/memory.py).
-memory.limit_malloc_arenas()
 # Every process of this gunicorn counts its metrics into files here, which /metrics adds up
 # (facesite/metrics.py). One folder per bind address: two gunicorns on one machine (two web
 # tiers on two ports) must not empty each other's. Set before any process imports

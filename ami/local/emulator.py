@@ -21,7 +21,8 @@ requests (`python -m bench.soak` measures it):
   message, every copy of it made for each receive, every S3 object and each one's ACL objects.
   The emulator does not track them; the dump is empty, and a reset still empties every backend.
 - moto keeps every S3 object's bytes in memory; here they are files in a temporary folder,
-  removed when the emulator stops (ami/local/disk_bodies.py).
+  removed when the emulator stops, or by the next emulator after a SIGKILL
+  (ami/local/disk_bodies.py).
 - moto's server runs Flask in debug mode, where every request with a body that is not a form
   gets a new class whose closure holds the request: a reference cycle per S3 put that only
   the collector's rare full collections free, so the memory of thousands of requests (their
@@ -35,6 +36,7 @@ None of these changes what the emulated services answer. `command()` starts it. 
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,6 +66,10 @@ def unix_time_millis(dt: datetime | None = None) -> float:
     return time.time() * 1000.0 if dt is None else moto_utils.unix_time_millis(dt)
 
 
+# The emulator's S3 bodies folder in the temporary directory: this, its pid, a dash, a suffix.
+BODIES_PREFIX = "facesite-emulator-s3-"
+
+
 def untracked_new(cls: type[BaseModel], *args: object, **kwargs: object) -> BaseModel:
     """`BaseModel.__new__` without adding the instance to its class's `instances_tracked`."""
     return super(BaseModel, cls).__new__(cls)
@@ -71,6 +77,25 @@ def untracked_new(cls: type[BaseModel], *args: object, **kwargs: object) -> Base
 
 def files_unchanged(request: flask.Request) -> None:
     """Stands in for Flask's debug-mode helper that gives a request's `files` a class of its own."""
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_bodies(temp_dir: Path) -> None:
+    """Remove the S3 bodies folders (`<BODIES_PREFIX><pid>-...`) of emulators no longer running:
+    one that was killed (SIGKILL) had no chance to remove its own."""
+    for folder in temp_dir.glob(f"{BODIES_PREFIX}*-*"):
+        pid = folder.name.removeprefix(BODIES_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def install_memory_bounds(bodies_dir: Path) -> None:
@@ -122,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     install_speedups()
     install_realism()
     # moto's server exits on SIGTERM (how the stack stops it) through `sys.exit`: the folder goes.
-    with tempfile.TemporaryDirectory(prefix="facesite-emulator-s3-") as bodies_dir:
+    # A killed emulator's folder stays; the next emulator removes it.
+    remove_orphaned_bodies(Path(tempfile.gettempdir()))
+    prefix = f"{BODIES_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix) as bodies_dir:
         install_memory_bounds(Path(bodies_dir))
         moto_server_main(sys.argv[1:] if argv is None else argv)
 

@@ -3,6 +3,8 @@
 import copy
 import hashlib
 import logging
+import os
+import subprocess
 import tempfile
 from datetime import datetime
 
@@ -133,3 +135,16 @@ def test_a_copied_key_has_a_body_of_its_own(memory_bounds):
     copied.dispose()
     assert key.value == b"photo"
     assert [path.read_bytes() for path in memory_bounds.iterdir()] == [b"photo"]
+
+
+def test_a_killed_emulators_bodies_are_removed_by_the_next(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # reaped: its pid runs nothing now
+    orphaned = tmp_path / f"{emulator.BODIES_PREFIX}{finished.pid}-abc"
+    live = tmp_path / f"{emulator.BODIES_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "facesite-bench-xyz"
+    for folder in (orphaned, live, other):
+        folder.mkdir()
+        (folder / "body").write_bytes(b"photo")
+    emulator.remove_orphaned_bodies(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, other.name])

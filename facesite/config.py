@@ -216,6 +216,13 @@ class FacesiteConfig(BaseSettings):
     # unset = the emulator's AWS-like default.
     emulator_sqs_count_lag: NonNegative | None = None
 
+    # --- profiling (facesite/memory.py) --------------------------------------------------------
+    # A folder: the emulator and every web process trace their Python allocations and write what
+    # grew there every memory_trace_seconds. Costs CPU: for a bench, e.g.
+    # `FACESITE_MEMORY_TRACE_DIR=/tmp/trace python -m bench.soak`; unset = no tracing.
+    memory_trace_dir: Path | None = None
+    memory_trace_seconds: Positive = 60.0
+
     @field_validator("emulator_realism", mode="before")
     @classmethod
     def _empty_is_instant(cls, value: object) -> object:
@@ -239,6 +246,7 @@ class FacesiteConfig(BaseSettings):
         "metrics_allowed_networks",
         "gallery_dir",
         "gallery_labels",
+        "memory_trace_dir",
         mode="before",
     )
     @classmethod

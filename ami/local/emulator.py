@@ -1,4 +1,5 @@
-"""The local AWS emulator: moto's server, with three of its per-request costs taken out.
+"""The local AWS emulator: moto's server, with three of its per-request costs taken out and its
+memory bounded to the state it serves.
 
 Every S3, SQS and EC2 call of the local stack is served by this one Python process, so its
 cost per call bounds the whole system's throughput (`python -m bench.emulator` measures it):
@@ -12,6 +13,22 @@ cost per call bounds the whole system's throughput (`python -m bench.emulator` m
   directory does not change while the server runs, so it is listed once.
 - Every request is logged by werkzeug; the access log is left out.
 
+It runs for as long as the stack does, so what it keeps per request must not grow with the
+requests (`python -m bench.soak` measures it):
+
+- moto appends every model object it ever creates to a list on its class (`instances_tracked`,
+  read only by the `/moto-api/data.json` dump and a reset), so nothing is ever freed: every SQS
+  message, every copy of it made for each receive, every S3 object and each one's ACL objects.
+  The emulator does not track them; the dump is empty, and a reset still empties every backend.
+- moto keeps every S3 object's bytes in memory; here they are files in a temporary folder,
+  removed when the emulator stops, or by the next emulator after a SIGKILL
+  (ami/local/disk_bodies.py).
+- moto's server runs Flask in debug mode, where every request with a body that is not a form
+  gets a new class whose closure holds the request: a reference cycle per S3 put that only
+  the collector's rare full collections free, so the memory of thousands of requests (their
+  bodies, headers, environ) is held in between. That debug helper (a clearer KeyError for
+  forms sent without their encoding, which moto never reads) is left out.
+
 None of these changes what the emulated services answer. `command()` starts it. With
 `FACESITE_EMULATOR_REALISM=aws` it also answers with AWS's timing and eventual consistency
 (ami/local/realism.py).
@@ -19,14 +36,24 @@ None of these changes what the emulated services answer. `command()` starts it. 
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 
+import flask
+import flask.debughelpers
 import moto.backends
+import moto.s3.models
 import moto.sqs.models
 from moto.core import utils as moto_utils
+from moto.core.common_models import BaseModel
 from moto.server import main as moto_server_main
+
+from ami.local.disk_bodies import DiskBodies
+from facesite import memory
 
 
 def unix_time(dt: datetime | None = None) -> float:
@@ -37,6 +64,46 @@ def unix_time(dt: datetime | None = None) -> float:
 def unix_time_millis(dt: datetime | None = None) -> float:
     """Milliseconds since the epoch, as moto's `unix_time_millis` returns them."""
     return time.time() * 1000.0 if dt is None else moto_utils.unix_time_millis(dt)
+
+
+# The emulator's S3 bodies folder in the temporary directory: this, its pid, a dash, a suffix.
+BODIES_PREFIX = "facesite-emulator-s3-"
+
+
+def untracked_new(cls: type[BaseModel], *args: object, **kwargs: object) -> BaseModel:
+    """`BaseModel.__new__` without adding the instance to its class's `instances_tracked`."""
+    return super(BaseModel, cls).__new__(cls)
+
+
+def files_unchanged(request: flask.Request) -> None:
+    """Stands in for Flask's debug-mode helper that gives a request's `files` a class of its own."""
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_bodies(temp_dir: Path) -> None:
+    """Remove the S3 bodies folders (`<BODIES_PREFIX><pid>-...`) of emulators no longer running:
+    one that was killed (SIGKILL) had no chance to remove its own."""
+    for folder in temp_dir.glob(f"{BODIES_PREFIX}*-*"):
+        pid = folder.name.removeprefix(BODIES_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def install_memory_bounds(bodies_dir: Path) -> None:
+    """Apply the three memory changes above to this process's moto, S3 bodies in `bodies_dir`."""
+    BaseModel.__new__ = staticmethod(untracked_new)
+    moto.s3.models.tempfile = DiskBodies(bodies_dir)
+    # flask.wrappers imports it from the module at each call.
+    flask.debughelpers.attach_enctype_error_multidict = files_unchanged
 
 
 def install_speedups() -> None:
@@ -75,9 +142,17 @@ def install_realism() -> None:
 def main(argv: list[str] | None = None) -> None:
     # The ~1,300 public AMIs moto loads by default serve nothing here and cost seconds.
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    memory.limit_malloc_arenas()
+    memory.start_tracing("emulator")
     install_speedups()
     install_realism()
-    moto_server_main(sys.argv[1:] if argv is None else argv)
+    # moto's server exits on SIGTERM (how the stack stops it) through `sys.exit`: the folder goes.
+    # A killed emulator's folder stays; the next emulator removes it.
+    remove_orphaned_bodies(Path(tempfile.gettempdir()))
+    prefix = f"{BODIES_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix) as bodies_dir:
+        install_memory_bounds(Path(bodies_dir))
+        moto_server_main(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

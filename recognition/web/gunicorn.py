@@ -8,6 +8,7 @@ import os
 import resource
 import shutil
 
+from facesite import memory
 from facesite.config import load as _load_config
 
 _config = _load_config()
@@ -48,6 +49,8 @@ def post_worker_init(worker: object) -> None:
 
     from recognition.web.responses import start_consumers
     from recognition.web.uploads import prepare_request_path
+
+    memory.start_tracing("web")
 
     # Load the URLconf and views now: the health check reaches only one process, and the
     # first upload to another shouldn't pay for the imports.

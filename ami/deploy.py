@@ -273,7 +273,7 @@ def web_user_data(names: Names, public_ip: str, worker_group: str, key: str, sha
     )
     script = render_template(
         "web.sh",
-        **install_values(names.region, names.gallery_bucket, key, sha256),
+        **install_values(names.region, names.gallery_bucket, key, sha256, "web.txt"),
         secret_key_parameter=secret_parameter(names, "django-secret-key"),
         admin_password_parameter=secret_parameter(names, "admin-password"),
         heredoc_start=heredoc_start,

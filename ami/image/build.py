@@ -153,15 +153,14 @@ def worker_unit() -> str:
     )
 
 
-def install_values(region: str, bucket: str, key: str, sha256: str) -> dict[str, str]:
+def install_values(
+    region: str, bucket: str, key: str, sha256: str, requirements_file: str
+) -> dict[str, str]:
     """What the builder's and the web instance's user data share to install the pinned project
-    from the source bundle s3://bucket/key (checked against sha256)."""
+    from the source bundle s3://bucket/key (checked against sha256), with the dependencies of
+    requirements/`requirements_file`."""
     requirements = Path(settings.BASE_DIR) / "requirements"
-    fetch_source = render_template(
-        "fetch-source.py.tmpl", region=region, bucket=bucket, key=key
-    ).rstrip("\n")
-    return {
-        "fetch_source": fetch_source,
+    values = {
         "venv_dir": VENV_DIR,
         "app_dir": APP_DIR,
         "pip": f"{VENV_DIR}/bin/pip install --no-cache-dir",
@@ -173,6 +172,15 @@ def install_values(region: str, bucket: str, key: str, sha256: str) -> dict[str,
         "bucket": bucket,
         "key": key,
         "sha256": sha256,
+        "requirements": requirements_file,
+    }
+    snippets = {
+        "fetch_source": "fetch-source.py.tmpl",
+        "install_source": "install-source.sh.tmpl",
+    }
+    return values | {
+        name: render_template(template, **values).rstrip("\n")
+        for name, template in snippets.items()
     }
 
 
@@ -182,7 +190,7 @@ def builder_user_data(bucket: str, key: str, region: str, sha256: str) -> str:
     then power off."""
     script = render_template(
         "builder.sh",
-        **install_values(region, bucket, key, sha256),
+        **install_values(region, bucket, key, sha256, "worker.txt"),
         worker_unit=WORKER_UNIT,
         worker_unit_text=worker_unit(),
     )

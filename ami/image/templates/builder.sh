@@ -19,16 +19,7 @@ ${pip} boto3==${boto3_version}
 ${venv_dir}/bin/python - <<'PY'
 ${fetch_source}
 PY
-echo "${sha256}  /tmp/src.tar.gz" | sha256sum --check --strict
-install -d ${app_dir}
-tar -xzf /tmp/src.tar.gz -C ${app_dir}
-rm /tmp/src.tar.gz
-cd ${app_dir}
-# PyPI's Linux torch wheels are CUDA builds (gigabytes): take the CPU ones from PyTorch's index.
-${pip} --index-url ${torch_index} torch==${torch_version} torchvision==${torchvision_version}
-${pip} -r requirements/worker.txt
-${pip} --no-deps -r requirements/nodeps.txt
-${venv_dir}/bin/python -m compileall -q ${app_dir}
+${install_source}
 # Fail the build here, not on every instance, if the engine or its model weights do not load.
 FACESITE_AWS_ENDPOINT= FACESITE_VAR_DIR=/tmp ${venv_dir}/bin/python manage.py shell -c '
 from recognition.engine import get_engine

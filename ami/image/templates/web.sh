@@ -28,15 +28,7 @@ with open("/etc/facesite/secrets.env", "w") as secrets:
 PY
 chown root:facesite /etc/facesite/secrets.env
 chmod 0640 /etc/facesite/secrets.env
-echo "${sha256}  /tmp/src.tar.gz" | sha256sum --check --strict
-install -d ${app_dir}
-tar -xzf /tmp/src.tar.gz -C ${app_dir}
-rm /tmp/src.tar.gz
-cd ${app_dir}
-${pip} --index-url ${torch_index} torch==${torch_version} torchvision==${torchvision_version}
-${pip} -r requirements/web.txt
-${pip} --no-deps -r requirements/nodeps.txt
-${venv_dir}/bin/python -m compileall -q ${app_dir}
+${install_source}
 ${heredoc_start}
 ${env_lines}
 ${heredoc_end}

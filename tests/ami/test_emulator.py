@@ -1,25 +1,32 @@
-"""The emulator's speed-ups and memory bounds leave moto's answers as they were."""
+"""The emulator's speed-ups and memory bounds leave moto's answers as they were; its server keeps
+connections alive and does not outlive the process that holds the state."""
 
+import contextlib
 import copy
 import hashlib
-import logging
+import http.client
 import os
+import socket
 import subprocess
 import tempfile
 from datetime import datetime
+from types import SimpleNamespace
 
 import boto3
 import flask.debughelpers
 import moto.backends
 import moto.s3.models
 import moto.sqs.models
+import psutil
 import pytest
+from gunicorn.errors import HaltServer
 from moto import mock_aws
 from moto.core import utils as moto_utils
 from moto.core.common_models import BaseModel
 
 from ami.local import emulator
 from ami.local.disk_bodies import DiskBody
+from ami.local.harness import free_port, wait_until
 
 
 def test_the_cheap_clock_agrees_with_motos():
@@ -44,7 +51,6 @@ def test_install_points_moto_at_the_cheap_clock_and_a_listing_made_once(monkeypa
         (moto.backends, "list_of_moto_modules"),
     ]:
         monkeypatch.setattr(module, name, getattr(module, name))  # undone after the test
-    monkeypatch.setattr(logging.getLogger("werkzeug"), "level", logging.NOTSET)
     emulator.install_speedups()
     assert moto.sqs.models.unix_time is emulator.unix_time
     assert moto.sqs.models.unix_time_millis is emulator.unix_time_millis
@@ -148,3 +154,64 @@ def test_a_killed_emulators_bodies_are_removed_by_the_next(tmp_path):
         (folder / "body").write_bytes(b"photo")
     emulator.remove_orphaned_bodies(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def serving_arbiter(listening: bool) -> SimpleNamespace:
+    return SimpleNamespace(LISTENERS=[object()] if listening else [])
+
+
+def test_a_worker_dying_while_serving_stops_the_master_and_its_bodies_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    bodies = tmp_path / f"{emulator.BODIES_PREFIX}4242-abc"
+    bodies.mkdir()
+    with pytest.raises(HaltServer) as halted:
+        emulator.stop_with_the_worker(serving_arbiter(True), SimpleNamespace(pid=4242))
+    assert halted.value.exit_status != 0
+    assert not bodies.exists()
+
+
+def test_a_worker_stopped_by_its_master_only_takes_its_bodies(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / f"{emulator.BODIES_PREFIX}4242-abc").mkdir()
+    others = tmp_path / f"{emulator.BODIES_PREFIX}42420-abc"
+    others.mkdir()
+    emulator.stop_with_the_worker(serving_arbiter(False), SimpleNamespace(pid=4242))
+    assert [path.name for path in tmp_path.iterdir()] == [others.name]
+
+
+@pytest.fixture
+def served(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        emulator.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: port_open(port), 30, "the emulator")
+        yield port, psutil.Process(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def test_the_emulator_keeps_connections_alive_and_stops_when_its_worker_dies(served):
+    port, master = served
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    answers = []
+    for _ in range(2):
+        connection.request("GET", "/moto-api/")
+        response = connection.getresponse()
+        response.read()
+        answers.append((response.status, response.getheader("Connection"), connection.sock))
+    (first, second) = answers
+    assert first[:2] == second[:2] == (200, "keep-alive")
+    assert first[2] is second[2]  # the same socket served both
+    connection.close()
+    [worker] = master.children()
+    worker.kill()  # as the OOM killer would
+    assert master.wait(timeout=15) != 0

@@ -2,10 +2,10 @@
 
 `limit_malloc_arenas`: glibc's malloc gives threads arenas of their own, up to eight per core, to
 spare them its lock. A long-lived object allocated by one thread pins that arena's memory, so a
-process whose threads come and go (the emulator's thread per connection) holds more and more
-half-empty arenas: 1,500 uploads' S3 calls grew the emulator by 7.5 MiB with two arenas, by
+process of many threads holds more and more half-empty arenas: 1,500 uploads' S3 calls grew the
+emulator (then moto's own server, a thread per connection) by 7.5 MiB with two arenas, by
 11.8-17.9 MiB in three runs without (a noisy measure). Two arenas keep that bounded; its threads
-mostly wait on I/O. gunicorn's processes grew as little without the limit as with it
+mostly wait on I/O. The web tier's processes grew as little without the limit as with it
 (bench.soak, 5 min: +0.5% and +0.6%), so it is not set there.
 
 With FACESITE_MEMORY_TRACE_DIR set, `start_tracing` traces the process's Python allocations

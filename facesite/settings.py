@@ -170,7 +170,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "predefined_queues": {_NAMES.request_queue: {"url": _NAMES.request_queue_url}},
     "visibility_timeout": CONFIG.visibility_timeout,
     "wait_time_seconds": CONFIG.sqs_wait_seconds,
-    "polling_interval": 0,
+    # After an empty receive (a 20 s long poll, so SQS is not hammered) or when the worker may
+    # not take a message yet (its last one not yet acknowledged, which Celery does a moment
+    # later), kombu tries again after this pause. With 0 it reschedules itself for "soon",
+    # which kombu's event loop runs only after sleeping 0.1 s whenever no socket is open, as
+    # between two receives: about half of all tasks started 90 ms late. A 1 ms timer is
+    # honoured as 1 ms (`python -m bench.pipeline`: single-request latency).
+    "polling_interval": 0.001,
     # Raw JSON instead of base64: part of fitting every message in 1,024 bytes.
     "sqs_base64_encoding": False,
     # kombu would base64 the task body inside that JSON as well: plain JSON is a third smaller.

@@ -52,6 +52,7 @@ from moto.core import utils as moto_utils
 from moto.core.common_models import BaseModel
 from moto.server import main as moto_server_main
 
+from ami.local import compact_s3, sqs_handles
 from ami.local.disk_bodies import DiskBodies
 from facesite import memory
 
@@ -104,6 +105,8 @@ def install_memory_bounds(bodies_dir: Path) -> None:
     moto.s3.models.tempfile = DiskBodies(bodies_dir)
     # flask.wrappers imports it from the module at each call.
     flask.debughelpers.attach_enctype_error_multidict = files_unchanged
+    compact_s3.install()
+    sqs_handles.install()
 
 
 def install_speedups() -> None:

@@ -1,8 +1,9 @@
 """moto's record of each stored S3 object, made smaller: the emulator keeps one for every upload
 and every output for as long as it runs.
 
-Measured in-process through moto's server (moto 5.2.5, `tests/ami/test_compact_s3.py` keeps
-a bound), a stored object cost about 3.5 KB of memory besides its bytes (on disk):
+Measured in-process (moto 5.2.5, CPython 3.11), a stored object cost about 3.5 KB of memory
+besides its bytes (those are on disk), and 1.6 KB with the changes below
+(`tests/ami/test_compact_s3.py` holds it under 2 KB):
 
 - moto's `FakeKey` sets 35 attributes, more than the 30 whose names CPython shares between the
   instances of a class, so every object got a dictionary of its own (1.6 KB). `CompactKey`
@@ -10,9 +11,11 @@ a bound), a stored object cost about 3.5 KB of memory besides its bytes (on disk
   of its models module, which names this subclass.
 - Its restore states, the same two transitions for every object, were a new list of tuples
   each (0.3 KB): one shared tuple.
-- The bucket's name and the checksum algorithm, parsed anew from each request, and the names
-  of its metadata, lowercased anew for each object, were copies of the same few strings: they
-  are interned.
+- The bucket's name, the checksum algorithm and the content type, parsed anew from each
+  request, and the names of its metadata, lowercased anew for each object, were copies of the
+  same few strings: they are interned.
+- Each object had a lock of its own, held only while its body is read: one lock serves them
+  all (a body is read from its file in well under a millisecond).
 - An object put without tags got an empty tag set under its ARN in the backend's tag index
   (0.4 KB): an object with no entry has no tags all the same, so the empty set is not kept.
 
@@ -71,6 +74,7 @@ KEY_ATTRIBUTES = (
 )
 
 RESTORE_TRANSITIONS = ((None, "IN_PROGRESS"), ("IN_PROGRESS", "RESTORED"))
+BODY_LOCK = threading.Lock()
 
 
 def interned(value: Any) -> Any:
@@ -78,11 +82,19 @@ def interned(value: Any) -> Any:
     return sys.intern(value) if type(value) is str else value
 
 
+# Metadata whose values repeat from object to object.
+REPEATED_VALUES = frozenset({"content-type", "content-encoding", "content-language"})
+
+
 class InternedNames(LowercaseDict):
-    """moto's metadata dictionary (names lowercased) with its names interned and no instance
-    dictionary of its own."""
+    """moto's metadata dictionary (names lowercased) with its names and repeated values
+    interned, and no instance dictionary of its own."""
 
     __slots__ = ("store",)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        name = self._keytransform(key)
+        self.store[name] = interned(value) if name in REPEATED_VALUES else value
 
     def _keytransform(self, key: str) -> str:
         return sys.intern(key.lower())
@@ -97,6 +109,7 @@ class CompactKey(FakeKey):
         super().__init__(*args, **kwargs)
         self._transitions = RESTORE_TRANSITIONS
         self._metadata = InternedNames(self._metadata)
+        self.lock = BODY_LOCK
 
     # Set by moto from each request's text: one copy of each distinct value.
     @property
@@ -135,8 +148,8 @@ class CompactKey(FakeKey):
         self._value_buffer = moto.s3.models.tempfile.SpooledTemporaryFile(
             max_size=self._max_buffer_size
         )
+        self.lock = BODY_LOCK
         self.value = state["value"]
-        self.lock = threading.Lock()
 
 
 def put_object_tagging_keeping_no_empty_set(

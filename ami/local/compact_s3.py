@@ -131,8 +131,10 @@ class CompactKey(FakeKey):
     # `FakeKey`'s own pickling (moto deep-copies keys to list versions) reads and writes the
     # instance dictionary; these do the same with the slots.
     def __getstate__(self) -> dict[str, Any]:
-        state = {name: getattr(self, name) for name in KEY_ATTRIBUTES if hasattr(self, name)}
-        state.update(getattr(self, "__dict__", {}))
+        # The default state: (the instance dictionary or None, the slots); unlike reading
+        # `__dict__`, it does not give the key a dictionary.
+        extra, slots = object.__getstate__(self)
+        state = {**(extra or {}), **slots}
         try:
             state["value"] = self.value
         except ValueError:  # a deleted key's body is closed, as in `FakeKey.__getstate__`

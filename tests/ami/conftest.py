@@ -1,8 +1,13 @@
 """Fixtures for the ami tests: an in-process moto (mock_aws) that facesite.aws clients reach."""
 
+import flask.debughelpers
+import moto.s3.models
+import moto.sqs.models
 import pytest
 from moto import mock_aws
+from moto.core.common_models import BaseModel
 
+from ami.local import emulator
 from facesite import aws
 
 
@@ -28,3 +33,33 @@ def mocked_aws(settings, monkeypatch):
     with mock_aws():
         yield
     aws.reset_clients()
+
+
+@pytest.fixture
+def moto_restored(monkeypatch):
+    """moto as it was, after the test, whatever the emulator's changes the test installs."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(BaseModel, "__new__", BaseModel.__dict__["__new__"])
+    monkeypatch.setattr(moto.s3.models, "tempfile", moto.s3.models.tempfile)
+    monkeypatch.setattr(moto.s3.models, "FakeKey", moto.s3.models.FakeKey)
+    monkeypatch.setattr(
+        moto.s3.models.S3Backend,
+        "put_object_tagging",
+        moto.s3.models.S3Backend.put_object_tagging,
+    )
+    monkeypatch.setattr(
+        moto.sqs.models.Queue, "delete_message", moto.sqs.models.Queue.delete_message
+    )
+    monkeypatch.setattr(
+        flask.debughelpers,
+        "attach_enctype_error_multidict",
+        flask.debughelpers.attach_enctype_error_multidict,
+    )
+
+
+@pytest.fixture
+def memory_bounds(moto_restored, tmp_path):
+    """install_memory_bounds with the bodies in tmp_path, undone after the test."""
+    emulator.install_memory_bounds(tmp_path)
+    return tmp_path

@@ -13,7 +13,6 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import boto3
-import flask.debughelpers
 import moto.backends
 import moto.s3.models
 import moto.sqs.models
@@ -22,7 +21,6 @@ import pytest
 from gunicorn.errors import HaltServer
 from moto import mock_aws
 from moto.core import utils as moto_utils
-from moto.core.common_models import BaseModel
 
 from ami.local import emulator
 from ami.local.disk_bodies import DiskBody
@@ -87,22 +85,6 @@ def test_a_disk_body_reads_and_writes_as_motos_spooled_file(tmp_path):
     assert list(tmp_path.iterdir()) == [] and body.closed
     with pytest.raises(ValueError):
         body.read()
-
-
-@pytest.fixture
-def memory_bounds(monkeypatch, tmp_path):
-    """install_memory_bounds with the bodies in tmp_path, undone after the test."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setattr(BaseModel, "__new__", BaseModel.__dict__["__new__"])
-    monkeypatch.setattr(moto.s3.models, "tempfile", moto.s3.models.tempfile)
-    monkeypatch.setattr(
-        flask.debughelpers,
-        "attach_enctype_error_multidict",
-        flask.debughelpers.attach_enctype_error_multidict,
-    )
-    emulator.install_memory_bounds(tmp_path)
-    return tmp_path
 
 
 def test_s3_answers_the_same_with_its_bodies_on_disk(memory_bounds):

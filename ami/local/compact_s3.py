@@ -100,6 +100,19 @@ class InternedNames(LowercaseDict):
         return sys.intern(key.lower())
 
 
+class InternedAttribute:
+    """An attribute kept interned, in the slot of its name with an underscore before it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, key: Any, owner: type | None = None) -> Any:
+        return self if key is None else getattr(key, self.slot)
+
+    def __set__(self, key: Any, value: Any) -> None:
+        setattr(key, self.slot, interned(value))
+
+
 class CompactKey(FakeKey):
     """A `FakeKey` whose attributes are in slots, its repeated values shared."""
 
@@ -112,21 +125,8 @@ class CompactKey(FakeKey):
         self.lock = BODY_LOCK
 
     # Set by moto from each request's text: one copy of each distinct value.
-    @property
-    def bucket_name(self) -> str | None:
-        return self._bucket_name
-
-    @bucket_name.setter
-    def bucket_name(self, value: str | None) -> None:
-        self._bucket_name = interned(value)
-
-    @property
-    def checksum_algorithm(self) -> str | None:
-        return self._checksum_algorithm
-
-    @checksum_algorithm.setter
-    def checksum_algorithm(self, value: str | None) -> None:
-        self._checksum_algorithm = interned(value)
+    bucket_name = InternedAttribute()
+    checksum_algorithm = InternedAttribute()
 
     # `FakeKey`'s own pickling (moto deep-copies keys to list versions) reads and writes the
     # instance dictionary; these do the same with the slots.

@@ -138,7 +138,9 @@ def test_dashboard_requires_a_staff_login(elastic):
 def test_dashboard_follows_a_burst_up_and_down(elastic, course_dir):
     from selenium.webdriver.common.by import By
 
-    images = sorted((course_dir / "face_images_100").glob("*.jpg"))
+    # Long enough (200 uploads, 100 at a time) for the fleet's growth to reach the dashboard,
+    # which shows the scaler's latest observation (every 2 s) and polls it every 2 s.
+    images = sorted((course_dir / "face_images_1000").glob("*.jpg"))[:200]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     wait_until(lambda: elastic.app_tier_states()["running"] == 0, 60, "an idle fleet")
     with chromium() as browser:

@@ -199,8 +199,8 @@ def server_settings(host: str, port: int) -> dict[str, object]:
         # Stopping, a long poll in flight is not waited for.
         "graceful_timeout": 1,
         "child_exit": stop_with_the_worker,
-        # Nothing drives it at run time (gunicornc); one path in the home folder is all
-        # gunicorns' of the user, the web tier's and other emulators' too.
+        # Nothing drives it at run time (gunicornc), and its default path in the home folder is
+        # shared by every gunicorn of the user: the web tier's and other emulators'.
         "control_socket_disable": True,
     }
 

@@ -72,52 +72,44 @@ def test_throttling_that_persists_gives_up_after_the_policys_attempts(
     assert len(throttling_endpoint.calls) == 1 + aws.clients.MAX_RETRIES
 
 
-def test_s3_calls_name_the_expected_bucket_owner(settings, monkeypatch):
+@pytest.fixture
+def in_process_s3(settings, monkeypatch):
+    """facesite's shared S3 client on moto in this process (no endpoint), fresh before and after."""
     from moto import mock_aws
-
-    from facesite import aws
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     settings.AWS_ENDPOINT_URL = None
     aws.reset_clients()
-    sent: list[dict] = []
     try:
         with mock_aws():
-            s3 = aws.client("s3")
-            s3.meta.events.register(
-                "before-call.s3", lambda params, **_: sent.append(params["headers"])
-            )
-            s3.create_bucket(Bucket="owned")  # CreateBucket has no such parameter
-            s3.put_object(Bucket="owned", Key="k", Body=b"x")
-            assert s3.get_object(Bucket="owned", Key="k")["Body"].read() == b"x"
+            yield aws.client("s3")
     finally:
         aws.reset_clients()
+
+
+def test_s3_calls_name_the_expected_bucket_owner(in_process_s3, settings):
+    s3 = in_process_s3
+    sent: list[dict] = []
+    s3.meta.events.register("before-call.s3", lambda params, **_: sent.append(params["headers"]))
+    s3.create_bucket(Bucket="owned")  # CreateBucket has no such parameter
+    s3.put_object(Bucket="owned", Key="k", Body=b"x")
+    assert s3.get_object(Bucket="owned", Key="k")["Body"].read() == b"x"
     owners = [headers.get("x-amz-expected-bucket-owner") for headers in sent]
     assert owners == [None, settings.FACESITE_AWS_ACCOUNT_ID, settings.FACESITE_AWS_ACCOUNT_ID]
 
 
-def test_s3_uploads_skip_100_continue_and_checksums_below_a_mebibyte(settings, monkeypatch):
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    settings.AWS_ENDPOINT_URL = None
-    aws.reset_clients()
+def test_s3_uploads_skip_100_continue_and_checksums_below_a_mebibyte(in_process_s3):
+    s3 = in_process_s3
     signed: list[dict] = []
-    try:
-        with mock_aws():
-            s3 = aws.client("s3")
-            s3.meta.events.register(
-                "before-sign.s3.PutObject", lambda request, **_: signed.append(request.headers)
-            )
-            s3.create_bucket(Bucket="owned")
-            small, large = b"Mr Bean", b"x" * aws.clients.EXPECT_CONTINUE_MIN_BYTES
-            s3.put_object(Bucket="owned", Key="small", Body=small)
-            s3.put_object(Bucket="owned", Key="large", Body=large)
-            assert s3.get_object(Bucket="owned", Key="small")["Body"].read() == small
-    finally:
-        aws.reset_clients()
+    s3.meta.events.register(
+        "before-sign.s3.PutObject", lambda request, **_: signed.append(request.headers)
+    )
+    s3.create_bucket(Bucket="owned")
+    small, large = b"Mr Bean", b"x" * aws.clients.EXPECT_CONTINUE_MIN_BYTES
+    s3.put_object(Bucket="owned", Key="small", Body=small)
+    s3.put_object(Bucket="owned", Key="large", Body=large)
+    assert s3.get_object(Bucket="owned", Key="small")["Body"].read() == small
     expects = [headers.get("Expect") for headers in signed]
     assert expects == [None, "100-continue"]
     checksums = [name for headers in signed for name in headers if "checksum" in name.lower()]

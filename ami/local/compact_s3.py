@@ -19,6 +19,10 @@ besides its bytes (those are on disk), and 1.6 KB with the changes below
 - An object put without tags got an empty tag set under its ARN in the backend's tag index
   (0.4 KB): an object with no entry has no tags all the same, so the empty set is not kept.
 
+One change saves time rather than memory: moto computes an object's ETag (the MD5 of its bytes)
+on the first answer that shows it, which every put does, by reading the body back from its file;
+`CompactKey` computes it from the bytes in hand as they are stored.
+
 What S3 answers (get, head, list, copy, delete, metadata, content-type, ETag, ACL, tags) is
 unchanged: the same attributes hold the same values, only stored differently.
 """
@@ -31,7 +35,7 @@ from typing import Any
 
 import moto.s3.models
 from moto.s3.models import FakeKey, S3Backend
-from moto.utilities.utils import LowercaseDict
+from moto.utilities.utils import LowercaseDict, md5_hash
 
 # ManagedState's attributes, then FakeKey's, as moto 5.2.5 sets them in `FakeKey.__init__`.
 # One moto adds later goes to an instance dictionary, as before (a test watches for it).
@@ -123,6 +127,14 @@ class CompactKey(FakeKey):
         self._transitions = RESTORE_TRANSITIONS
         self._metadata = InternedNames(self._metadata)
         self.lock = BODY_LOCK
+
+    @FakeKey.value.setter
+    def value(self, new_value: bytes | str) -> None:
+        FakeKey.value.fset(self, new_value)
+        if self._etag is None:  # a given ETag (a multipart upload's) stays
+            if isinstance(new_value, str):
+                new_value = new_value.encode(moto.s3.models.DEFAULT_TEXT_ENCODING)
+            self._etag = md5_hash(new_value).hexdigest()
 
     # Set by moto from each request's text: one copy of each distinct value.
     bucket_name = InternedAttribute()

@@ -5,28 +5,30 @@ every photo ever uploaded would stay in the emulator's memory. Its own setting f
 (`MOTO_S3_DEFAULT_KEY_BUFFER_SIZE`) only trades the memory for an open temporary file per object,
 with its buffer: 3,000 uploads took 3,000 file descriptors and more memory than before.
 A `DiskBody` has the file interface moto uses (seek, read, write, truncate, close) over a file
-it opens only for the call, so an object costs a file on disk and two attributes in memory.
+it opens only for the call, so an object costs a file on disk and three attributes in memory.
+The file is made by the first write, and named from a counter: a put opens its file once, and
+draws no random bytes for its name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import uuid
 from pathlib import Path
 
 
 class DiskBody:
-    """The bytes of one object, in a file of its own; `close` deletes the file."""
+    """The bytes of one object, in a file of its own (made by the first write or a truncation
+    to a non-zero size; until then the body is empty); `close` deletes the file."""
 
-    __slots__ = ("path", "position")
+    __slots__ = ("made", "path", "position")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, path: str) -> None:
         # A str, not a Path: a Path keeps its parts too, and there is one of these per object.
-        self.path: str | None = os.path.join(directory, uuid.uuid4().hex)
-        with open(self.path, "xb"):
-            pass
+        self.path: str | None = path
         self.position = 0
+        self.made = False
 
     def _open_path(self) -> str:
         if self.path is None:
@@ -39,29 +41,40 @@ class DiskBody:
         elif whence == os.SEEK_CUR:
             self.position += offset
         else:
-            self.position = os.path.getsize(self._open_path()) + offset
+            path = self._open_path()
+            self.position = (os.path.getsize(path) if self.made else 0) + offset
         return self.position
 
     def tell(self) -> int:
         return self.position
 
     def read(self, size: int = -1) -> bytes:
-        with open(self._open_path(), "rb") as file:
+        path = self._open_path()
+        if not self.made:
+            return b""
+        with open(path, "rb") as file:
             file.seek(self.position)
             data = file.read(size)
         self.position += len(data)
         return data
 
     def write(self, data: bytes) -> int:
-        with open(self._open_path(), "r+b") as file:
+        with open(self._open_path(), "r+b" if self.made else "xb") as file:
+            self.made = True
             file.seek(self.position)
             written = file.write(data)
         self.position += written
         return written
 
     def truncate(self, size: int | None = None) -> int:
+        path = self._open_path()
         size = self.position if size is None else size
-        os.truncate(self._open_path(), size)
+        if self.made:
+            os.truncate(path, size)
+        elif size:
+            with open(path, "xb") as file:
+                self.made = True
+                file.truncate(size)
         return size
 
     def close(self) -> None:
@@ -81,6 +94,8 @@ class DiskBodies:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # The folder is this process's own, so a count names its files uniquely.
+        self.numbers = itertools.count()
 
     def SpooledTemporaryFile(self, *args: object, **kwargs: object) -> DiskBody:  # noqa: N802
-        return DiskBody(self.directory)
+        return DiskBody(os.path.join(self.directory, f"{next(self.numbers):x}"))

@@ -1,6 +1,7 @@
 """The emulator's compact S3 records answer as moto's own do, and stay small."""
 
 import gc
+import hashlib
 import tracemalloc
 from typing import Any
 
@@ -9,7 +10,7 @@ import moto.s3.models
 from moto import mock_aws
 from moto.moto_api._internal import mock_random
 
-from ami.local import compact_s3, emulator
+from ami.local import compact_s3, disk_bodies, emulator
 
 # What changes from one run to the next whoever stores the objects (upload ids are from
 # os.urandom, not moto's seeded random).
@@ -118,6 +119,23 @@ def test_s3_answers_the_same_with_compact_records(moto_restored, tmp_path):
     emulator.install_memory_bounds(tmp_path)
     assert moto.s3.models.FakeKey is compact_s3.CompactKey
     assert seeded_session() == expected
+
+
+def test_a_put_answers_its_etag_without_reading_the_body_back(memory_bounds, monkeypatch):
+    reads = []
+    original_read = disk_bodies.DiskBody.read
+    monkeypatch.setattr(
+        disk_bodies.DiskBody,
+        "read",
+        lambda body, *args: reads.append(body) or original_read(body, *args),
+    )
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="in-bucket")
+        stored = s3.put_object(Bucket="in-bucket", Key="face.jpg", Body=b"photo")
+        assert stored["ETag"] == f'"{hashlib.md5(b"photo").hexdigest()}"'
+        assert reads == []
+        assert s3.get_object(Bucket="in-bucket", Key="face.jpg")["Body"].read() == b"photo"
 
 
 def test_a_compact_record_holds_everything_in_its_slots(memory_bounds):

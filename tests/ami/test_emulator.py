@@ -23,7 +23,7 @@ from moto import mock_aws
 from moto.core import utils as moto_utils
 
 from ami.local import emulator
-from ami.local.disk_bodies import DiskBody
+from ami.local.disk_bodies import DiskBodies
 from ami.local.harness import free_port, wait_until
 
 
@@ -68,7 +68,7 @@ def test_sqs_visibility_and_delay_hold_under_the_cheap_clock(monkeypatch):
 
 
 def test_a_disk_body_reads_and_writes_as_motos_spooled_file(tmp_path):
-    body = DiskBody(tmp_path)
+    body = DiskBodies(tmp_path).SpooledTemporaryFile()
     with tempfile.SpooledTemporaryFile(1024) as spooled:
         for file in (body, spooled):
             file.write(b"0123456789")
@@ -85,6 +85,22 @@ def test_a_disk_body_reads_and_writes_as_motos_spooled_file(tmp_path):
     assert list(tmp_path.iterdir()) == [] and body.closed
     with pytest.raises(ValueError):
         body.read()
+
+
+def test_a_disk_body_is_empty_and_has_no_file_until_written(tmp_path):
+    bodies = DiskBodies(tmp_path)
+    first, second = bodies.SpooledTemporaryFile(), bodies.SpooledTemporaryFile()
+    assert first.path != second.path
+    assert first.read() == b"" and first.seek(0, os.SEEK_END) == 0
+    first.seek(0)
+    assert first.truncate() == 0
+    assert list(tmp_path.iterdir()) == []
+    second.truncate(3)  # a truncation that grows the body makes the file, as writing does
+    assert [path.read_bytes() for path in tmp_path.iterdir()] == [b"\0\0\0"]
+    first.close()  # nothing to delete
+    assert first.closed
+    with pytest.raises(ValueError):
+        first.read()
 
 
 def test_s3_answers_the_same_with_its_bodies_on_disk(memory_bounds):

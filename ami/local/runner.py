@@ -50,7 +50,7 @@ from ami.image.bootscript import parse_user_data, worker_environment
 from ami.local.supervisor import die_with_parent
 from facesite import aws
 from facesite.aws import readers
-from facesite.aws.names import Role, State, app_tier_number
+from facesite.aws.names import Role, app_tier_number
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class InstanceRunner:
         self.interval = interval
         self.stop_grace = stop_grace
         self.prefix = settings.FACESITE_PREFIX
+        self.running = readers.RunningInstances(self.prefix, Role.APP_TIER)
         self.workers: dict[int, Worker] = {}  # every live child, by pid, stopping ones included
         self.booted: dict[str, Worker] = {}  # the current worker of each running instance
         # Running instances whose worker ended on its own (or never booted): left alone until
@@ -217,9 +218,7 @@ class InstanceRunner:
     def running_instances(self) -> dict[str, str] | None:
         """This deployment's running app-tier instances (id -> name), or None if EC2 failed."""
         try:
-            instances = readers.instances(
-                aws.client("ec2"), self.prefix, Role.APP_TIER, states=[State.RUNNING]
-            )
+            instances = self.running.read(aws.client("ec2"))
         except (BotoCoreError, ClientError) as error:
             if not self._ec2_failing:
                 logger.warning("cannot read instances from EC2 (%s); retrying", error)

@@ -81,7 +81,13 @@ def test_course_protocol(elastic, course_dir):
     )
     assert correct == len(images)
     assert all(s.running <= MAX_INSTANCES for s in samples)
-    assert peak == MAX_INSTANCES
+    # The scaler started the whole fleet. With AWS's timing each start pends for its own while,
+    # and a burst that ends in 7-8 s can see the first instance stopping before the slowest one
+    # runs (14 running at most, once in a fresh-clone run): so there, 15 must have been started
+    # together (running or pending), and on the instant emulator 15 running.
+    assert max(s.running + s.pending for s in samples) == MAX_INSTANCES
+    if mode == "instant":
+        assert peak == MAX_INSTANCES
     assert zero_after - last_reply <= 5.0
     # Nothing keeps running afterwards (no flapping back up on stale SQS counts).
     assert all(s.running == 0 for s in samples if s.at >= zero_after)

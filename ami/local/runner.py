@@ -3,8 +3,9 @@
 On AWS an instance boots, cloud-init runs its user data, the user data starts the worker's
 systemd unit, and stopping the instance SIGTERMs the worker. moto keeps only the instance's
 state, so this process plays the machines. Every `interval` it reads this deployment's running
-app-tier instances from the emulator's EC2 API (by tags; state comes from EC2 on every tick, so
-it works the same for instances created before it started and after its own restart), and
+app-tier instances from the emulator's EC2 API (which are running comes from EC2 on every tick,
+each instance's tags once: `facesite.aws.readers.RunningInstances`; so it works the same for
+instances created before it started and after its own restart), and
 
 - boots each running instance that has no worker: runs the instance's user data (the boot
   script from ami/image/bootscript.py) as a worker process;

@@ -28,10 +28,6 @@ from facesite.aws import readers  # noqa: E402
 from facesite.aws.names import Role  # noqa: E402
 
 
-def running_instances(reader: readers.RunningInstances) -> int:
-    return len(reader.read(aws.client("ec2")))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000/")
@@ -50,7 +46,7 @@ def main() -> None:
 
     def sample() -> None:
         while not sampling.is_set():
-            samples.append((time.monotonic(), running_instances(reader)))
+            samples.append((time.monotonic(), len(reader.read(aws.client("ec2")))))
             sampling.wait(0.25)
 
     def send(path) -> bool:

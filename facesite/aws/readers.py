@@ -117,24 +117,25 @@ class RunningInstances:
             for status in page["InstanceStatuses"]
         ]
         unseen = [instance_id for instance_id in running if instance_id not in self.seen]
-        found = {}
-        if unseen:
-            # Read by id, not by tag: an instance of another deployment is kept as None.
-            found = {record.id: record for record in self._describe(ec2, unseen)}
+        # Read by id, not by tag: an instance of another deployment is kept as None.
+        found = {record.id: record for record in self._describe(ec2, unseen)} if unseen else {}
         seen = {}
         for instance_id in running:
             if instance_id in self.seen:
                 seen[instance_id] = self.seen[instance_id]
             elif instance_id in found:
-                record = found[instance_id]
-                ours = record.tags.get(PREFIX_TAG) == self.prefix and record.tags.get(
-                    ROLE_TAG
-                ) == str(self.role)
-                # Listed as running: described a moment later, it may already be stopping.
-                seen[instance_id] = replace(record, state=State.RUNNING) if ours else None
+                seen[instance_id] = self._kept(found[instance_id])
             # Listed but not yet described (EC2 is eventually consistent): read again next time.
         self.seen = seen
         return [record for record in seen.values() if record is not None]
+
+    def _kept(self, record: InstanceRecord) -> InstanceRecord | None:
+        """A newly listed instance's record if it is ours, else None. It was listed as running:
+        described a moment later, it may already show as stopping."""
+        tags = record.tags
+        if (tags.get(PREFIX_TAG), tags.get(ROLE_TAG)) != (self.prefix, str(self.role)):
+            return None
+        return replace(record, state=State.RUNNING)
 
     @staticmethod
     def _describe(ec2: Any, instance_ids: list[str]) -> list[InstanceRecord]:

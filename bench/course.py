@@ -25,7 +25,7 @@ import requests  # noqa: E402
 from ami.local.harness import COURSE_DIR, course_labels  # noqa: E402
 from facesite import aws  # noqa: E402
 from facesite.aws import readers  # noqa: E402
-from facesite.aws.names import Role  # noqa: E402
+from facesite.aws.names import Role, State  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
 
     # The light read: at 4 samples a second, DescribeInstances itself would take a noticeable
     # share of the emulator's CPU from the run being measured.
-    reader = readers.RunningInstances(aws.names().prefix, Role.APP_TIER)
+    reader = readers.ListedInstances(aws.names().prefix, Role.APP_TIER, states=[State.RUNNING])
 
     def sample() -> None:
         while not sampling.is_set():

@@ -104,15 +104,18 @@ class Fleet:
         # or EC2 would answer a fresh launch with a long-terminated instance.
         self.session = session or uuid.uuid4().hex[:12]
         self.max_workers = max_workers
+        # Lists the instances every tick; reads each one's tags only when it first appears.
+        self._instances = readers.ListedInstances(prefix, Role.APP_TIER)
         self._misnamed: set[str] = set()
         self._build: tuple[float, tuple[str, str] | None] | None = None  # (checked at, build)
 
     # --- observing ----------------------------------------------------------------------------
 
     def describe(self) -> tuple[Instance, ...]:
-        """Every app-tier instance of this deployment, terminated ones included; stopped ones
-        launched from another image or configuration than the current ones marked stale."""
-        records = readers.instances(self.ec2, self.prefix, Role.APP_TIER)
+        """Every app-tier instance of this deployment (terminated ones while EC2 lists them);
+        stopped ones launched from another image or configuration than the current ones marked
+        stale."""
+        records = self._instances.read(self.ec2)
         build = None
         if any(record.state == State.STOPPED for record in records):
             build = self.current_build()

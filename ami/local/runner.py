@@ -4,7 +4,7 @@ On AWS an instance boots, cloud-init runs its user data, the user data starts th
 systemd unit, and stopping the instance SIGTERMs the worker. moto keeps only the instance's
 state, so this process plays the machines. Every `interval` it reads this deployment's running
 app-tier instances from the emulator's EC2 API (which are running comes from EC2 on every tick,
-each instance's tags once: `facesite.aws.readers.RunningInstances`; so it works the same for
+each instance's tags once: `facesite.aws.readers.ListedInstances`; so it works the same for
 instances created before it started and after its own restart), and
 
 - boots each running instance that has no worker: runs the instance's user data (the boot
@@ -51,7 +51,7 @@ from ami.image.bootscript import parse_user_data, worker_environment
 from ami.local.supervisor import die_with_parent
 from facesite import aws
 from facesite.aws import readers
-from facesite.aws.names import Role, app_tier_number
+from facesite.aws.names import Role, State, app_tier_number
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class InstanceRunner:
         self.interval = interval
         self.stop_grace = stop_grace
         self.prefix = settings.FACESITE_PREFIX
-        self.running = readers.RunningInstances(self.prefix, Role.APP_TIER)
+        self.running = readers.ListedInstances(self.prefix, Role.APP_TIER, states=[State.RUNNING])
         self.workers: dict[int, Worker] = {}  # every live child, by pid, stopping ones included
         self.booted: dict[str, Worker] = {}  # the current worker of each running instance
         # Running instances whose worker ended on its own (or never booted): left alone until

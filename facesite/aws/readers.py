@@ -6,13 +6,15 @@ pass clients of their own emulator; each returns plain data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from facesite.aws.names import PREFIX_TAG, ROLE_TAG, Role, State
+
+# EC2 takes at most this many values in one filter.
+MAX_FILTER_VALUES = 200
 
 
 @dataclass(frozen=True)
@@ -89,61 +91,92 @@ def _records(pages: Iterable[dict[str, Any]]) -> list[InstanceRecord]:
     return found
 
 
-class RunningInstances:
-    """This deployment's running instances of `role`, for a loop that asks several times a
-    second (the local instance runner, the course benchmark).
+class ListedInstances:
+    """This deployment's instances of `role` (in `states`, or in every state), for loops that ask
+    several times a second: the scaler, the local instance runner, the course benchmark.
 
     DescribeInstances answers with every attribute of every instance, and serialising that is
-    most of its cost: with 15 instances the emulator spends about six times the CPU it spends
-    on DescribeInstanceStatus, which names only the running instances. So each read lists the
-    running instances with DescribeInstanceStatus, and reads an instance with DescribeInstances
-    only the first time it is listed: what is kept of it (id, name, tags, launch time) does not
-    change while it runs. An instance no longer listed is forgotten, and read again if it comes
-    back. DescribeInstanceStatus cannot filter on tags, so other deployments' running instances
-    are read once too, and kept as not ours.
+    most of its cost: with 15 instances the emulator spends about five times the CPU it spends on
+    DescribeInstanceStatus, which lists only ids and states. So each read lists the instances
+    with DescribeInstanceStatus, and reads an instance with DescribeInstances only the first
+    time it is listed: what is kept of it (id, name, tags, launch time) does not change while it
+    exists. Its state is the listing's. An instance no longer listed is forgotten, and read
+    again if it comes back. DescribeInstanceStatus cannot filter on tags, so other deployments'
+    instances are read once too, and kept as not ours. Every `refresh_seconds` all are read
+    again, so a renamed or retagged instance is seen as it is now.
     """
 
-    def __init__(self, prefix: str, role: Role) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        role: Role,
+        states: Iterable[State] = (),
+        refresh_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.prefix = prefix
         self.role = role
+        self.states = [str(state) for state in states]
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
         self.seen: dict[str, InstanceRecord | None] = {}
+        self._read_all_at = clock()
 
     def read(self, ec2: Any) -> list[InstanceRecord]:
-        running = [
-            status["InstanceId"]
-            for page in ec2.get_paginator("describe_instance_status").paginate(
-                Filters=[{"Name": "instance-state-name", "Values": [str(State.RUNNING)]}]
-            )
-            for status in page["InstanceStatuses"]
-        ]
-        unseen = [instance_id for instance_id in running if instance_id not in self.seen]
-        # Read by id, not by tag: an instance of another deployment is kept as None.
+        if self.clock() - self._read_all_at >= self.refresh_seconds:
+            self.seen, self._read_all_at = {}, self.clock()
+        listed = self._list(ec2)
+        unseen = [instance_id for instance_id in listed if instance_id not in self.seen]
         found = {record.id: record for record in self._describe(ec2, unseen)} if unseen else {}
         seen = {}
-        for instance_id in running:
+        for instance_id in listed:
             if instance_id in self.seen:
                 seen[instance_id] = self.seen[instance_id]
             elif instance_id in found:
                 seen[instance_id] = self._kept(found[instance_id])
             # Listed but not yet described (EC2 is eventually consistent): read again next time.
         self.seen = seen
-        return [record for record in seen.values() if record is not None]
+        return [
+            replace(record, state=listed[instance_id])
+            for instance_id, record in seen.items()
+            if record is not None
+        ]
+
+    def _list(self, ec2: Any) -> dict[str, State]:
+        """Instance id -> state, of every instance in the account and region (in `states`)."""
+        filters = [{"Name": "instance-state-name", "Values": self.states}] if self.states else []
+        pages = ec2.get_paginator("describe_instance_status").paginate(
+            IncludeAllInstances=True, Filters=filters
+        )
+        return {
+            status["InstanceId"]: State(status["InstanceState"]["Name"])
+            for page in pages
+            for status in page["InstanceStatuses"]
+        }
 
     def _kept(self, record: InstanceRecord) -> InstanceRecord | None:
-        """A newly listed instance's record if it is ours, else None. It was listed as running:
-        described a moment later, it may already show as stopping."""
+        """A newly listed instance's record if it is ours, else None."""
         tags = record.tags
         if (tags.get(PREFIX_TAG), tags.get(ROLE_TAG)) != (self.prefix, str(self.role)):
             return None
-        return replace(record, state=State.RUNNING)
+        return record
 
     @staticmethod
     def _describe(ec2: Any, instance_ids: list[str]) -> list[InstanceRecord]:
-        try:
-            return _records(
-                ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
+        # By a filter on the ids rather than by InstanceIds: one id EC2 does not know yet would
+        # fail the whole call with InvalidInstanceID.NotFound; the filter leaves it out.
+        paginator = ec2.get_paginator("describe_instances")
+        return [
+            record
+            for start in range(0, len(instance_ids), MAX_FILTER_VALUES)
+            for record in _records(
+                paginator.paginate(
+                    Filters=[
+                        {
+                            "Name": "instance-id",
+                            "Values": instance_ids[start : start + MAX_FILTER_VALUES],
+                        }
+                    ]
+                )
             )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "InvalidInstanceID.NotFound":
-                raise
-            return []
+        ]

@@ -142,7 +142,12 @@ def scaler_policy(names: Names) -> dict[str, Any]:
         # Describe calls have no resource-level permissions in EC2: "*" is the only resource.
         _statement(
             "ReadOnlyDescribe",
-            ["ec2:DescribeInstances", "ec2:DescribeImages", "ec2:DescribeInstanceAttribute"],
+            [
+                "ec2:DescribeInstances",
+                "ec2:DescribeInstanceStatus",
+                "ec2:DescribeImages",
+                "ec2:DescribeInstanceAttribute",
+            ],
             "*",
         ),
         # RunInstances is authorised against every resource it touches: the new instance and

@@ -170,3 +170,45 @@ def test_a_worker_cannot_stop_another_workers_instance(mocked_aws, settings):  #
             as_worker("sqs").send_message(QueueUrl=queue_url, MessageBody="not a worker's job")
     states = ec2.describe_instances(InstanceIds=instances)["Reservations"]
     assert {i["State"]["Name"] for r in states for i in r["Instances"]} == {"running"}
+
+
+def test_the_scalers_role_may_observe_the_fleet(mocked_aws, settings):  # noqa: F811
+    from scaler.fleet import Fleet
+
+    names = aws.names()
+    provision_storage(names, visibility_timeout=30, max_receives=5)
+    ensure_roles(names)
+    launched = aws.client("ec2").run_instances(
+        ImageId="ami-12345678",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": names.tags(Role.APP_TIER, app_tier_name(1))}
+        ],
+    )["Instances"][0]["InstanceId"]
+    credentials = aws.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{names.account}:role/{names.scaler_role}",
+        RoleSessionName="scaler",
+    )["Credentials"]
+
+    def as_scaler(service):
+        return boto3.client(
+            service,
+            region_name=settings.AWS_REGION,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+
+    fleet = Fleet(
+        as_scaler("ec2"),
+        as_scaler("sqs"),
+        prefix=names.prefix,
+        queue_url=aws.client("sqs").get_queue_url(QueueName=names.request_queue)["QueueUrl"],
+        image_id=lambda: "ami-12345678",
+        user_data=lambda: "",
+        instance_type="t3.micro",
+    )
+    with enable_iam_authentication():
+        assert [instance.id for instance in fleet.describe()] == [launched]
+        assert fleet.queue_depth() == (0, 0)

@@ -2,10 +2,12 @@
 
 Every gunicorn process runs consumers that long-poll the response queue in batches, complete the
 history rows and wake the requests waiting in this process. Any process may read any result:
-one read for a request waiting elsewhere is passed on, as a datagram naming the request, to the
-wake socket of the process the request's row names (`reply_to`). A sweeper that looks up, in
-one query, which of this process's waiting requests are complete is the backstop for a datagram
-that never arrives.
+one read for a request waiting elsewhere is passed on, as a datagram, to the wake socket of the
+process the request's row names (`reply_to`). The datagram carries the recorded result, signed
+with the project's secret key, so that the waiting request answers without reading its row
+back; a result too large for one datagram is passed on by its request id alone. A sweeper that
+looks up, in one query, which of this process's waiting requests are complete is the backstop
+for a datagram that never arrives.
 
 Beside them, dead-letter consumers read the request queue's dead-letter queue: a task there
 was delivered FACESITE_MAX_RECEIVES times without a result, so its request is recorded as
@@ -22,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.core import signing
 from django.db import connection, transaction
 
 from facesite import aws
@@ -41,6 +44,10 @@ RESULT_LINGER_MAX_SECONDS = 0.2
 DELETE_DELAY_SECONDS = 1.0
 # How long a dead-letter consumer rests between receives.
 DEAD_LETTER_PAUSE_SECONDS = 2.0
+# A wake datagram carrying its result stays within this size (a request id alone otherwise):
+# well inside UDP's 64 KiB, and one or a few packets on a data-centre network.
+MAX_WAKE_DATAGRAM_BYTES = 8192
+_wake_signer = signing.Signer(salt="facesite.wake")
 
 
 class Waiter(threading.Event):
@@ -124,9 +131,35 @@ def record_result(result: ResultMessage) -> dict[str, Any] | None:
     return fields if updated else None
 
 
-# What recording one message gives: the request id to wake and the fields its row was
-# completed with (None when the row was complete already), or None for a message dropped.
-Recorded = tuple[str, dict[str, Any] | None] | None
+# What recording one message gives: the result recorded (it names the request to wake) and the
+# fields its row was completed with (None when the row was complete already), or None for a
+# message dropped.
+Recorded = tuple[ResultMessage, dict[str, Any] | None] | None
+
+
+def wake_datagram(result: ResultMessage, completed: dict[str, Any] | None) -> bytes:
+    """What tells another process that `result`'s request is complete: the signed result when
+    it completed the row and fits MAX_WAKE_DATAGRAM_BYTES, else the request id."""
+    if completed is not None:
+        signed = _wake_signer.sign(result.to_json()).encode()
+        if len(signed) <= MAX_WAKE_DATAGRAM_BYTES:
+            return signed
+    return result.request_id.encode()
+
+
+def woken(datagram: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The request a wake datagram names and, when it carries a result signed with this
+    project's key, the fields that result completed its row with; ("", None) for a datagram
+    that is neither (forged, damaged or cut short)."""
+    text = datagram.decode("utf-8", errors="replace")
+    if not text.startswith("{"):
+        return text, None
+    try:
+        result = ResultMessage.from_json(_wake_signer.unsign(text))
+    except (signing.BadSignature, ValueError, TypeError):
+        logger.warning("ignoring a wake datagram that is not a signed result")
+        return "", None
+    return str(result.request_id), completed_fields(result)
 
 
 class QueueConsumer(threading.Thread):
@@ -179,9 +212,9 @@ class QueueConsumer(threading.Thread):
         with transaction.atomic():
             recorded = [self.record(message["Body"]) for message in messages]
         waiting_elsewhere = [
-            request_id
-            for request_id, completed in filter(None, recorded)
-            if not waiters.wake(request_id, completed)
+            (result, completed)
+            for result, completed in filter(None, recorded)
+            if not waiters.wake(str(result.request_id), completed)
         ]
         if waiting_elsewhere:
             self.pass_on(waiting_elsewhere)
@@ -203,17 +236,19 @@ class QueueConsumer(threading.Thread):
             )
             self.recorded_since = time.monotonic()
 
-    def pass_on(self, request_ids: list[str]) -> None:
-        """Tell the processes these requests wait in that their rows are complete."""
+    def pass_on(self, recorded: list[tuple[ResultMessage, dict[str, Any] | None]]) -> None:
+        """Tell the processes these results' requests wait in that their rows are complete."""
+        by_id = {str(result.request_id): (result, completed) for result, completed in recorded}
         rows = (
-            UploadRequest.objects.filter(pk__in=request_ids)
+            UploadRequest.objects.filter(pk__in=list(by_id))
             .exclude(reply_to__in=["", reply_address()])
             .values_list("pk", "reply_to")
         )
         for request_id, address in rows:
             host, _, port = address.rpartition(":")
             try:
-                self.sender.sendto(str(request_id).encode(), (host, int(port)))
+                datagram = wake_datagram(*by_id[str(request_id)])
+                self.sender.sendto(datagram, (host, int(port)))
             except (OSError, ValueError) as error:
                 # The waiting process's sweeper still finds the row complete.
                 logger.warning("could not pass on request %s to %s: %s", request_id, address, error)
@@ -239,7 +274,8 @@ class ResponseConsumer(QueueConsumer):
     def record(self, body: str) -> Recorded:
         try:
             result = ResultMessage.from_json(body)
-            uuid.UUID(str(result.request_id))  # request ids are the history rows' keys
+            # Request ids are the history rows' keys, written as str(row.pk) writes them.
+            result = result.stamped(request_id=str(uuid.UUID(str(result.request_id))))
         except (ValueError, TypeError):
             logger.error("response consumer: dropping malformed message %r", body)
             return None
@@ -252,7 +288,7 @@ class ResponseConsumer(QueueConsumer):
             "" if completed else " (a redelivery: already recorded)",
             extra={"request_id": result.request_id},
         )
-        return result.request_id, completed
+        return result, completed
 
 
 class DeadLetterConsumer(QueueConsumer):
@@ -280,16 +316,16 @@ class DeadLetterConsumer(QueueConsumer):
             " times without a result, then moved to the dead-letter queue (see the worker logs"
             " for this request id)."
         )
-        completed = record_result(
-            refused(lifecycle.Outcome.FAILED, detail).stamped(request_id=request_id)
-        )
+        result = refused(lifecycle.Outcome.FAILED, detail).stamped(request_id=request_id)
+        completed = record_result(result)
         if completed:
             logger.error("request %s failed: its task was dead-lettered", request_id)
-        return request_id, completed
+        return result, completed
 
 
 class WakeListener(threading.Thread):
-    """Receives the ids of this process's requests whose result another process recorded."""
+    """Receives the wake datagrams of this process's requests whose result another process
+    recorded."""
 
     def __init__(self, stop: threading.Event, host: str) -> None:
         super().__init__(name="wake-listener", daemon=True)
@@ -304,10 +340,13 @@ class WakeListener(threading.Thread):
         with self.socket:
             while not self.stop.is_set():
                 try:
-                    datagram = self.socket.recv(64)
+                    # Room for the largest datagram UDP carries: a longer one would be cut short.
+                    datagram = self.socket.recv(65535)
                 except TimeoutError:
                     continue
-                waiters.wake(datagram.decode("ascii", errors="replace"))
+                request_id, completed = woken(datagram)
+                if request_id:
+                    waiters.wake(request_id, completed)
 
 
 class Sweeper(threading.Thread):

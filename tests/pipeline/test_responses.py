@@ -6,10 +6,11 @@ import uuid
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from django.core import signing
 from django.utils import timezone
 
 from recognition.lifecycle import reply_for
-from recognition.messages import RECOGNIZE_UPLOAD
+from recognition.messages import RECOGNIZE_UPLOAD, recognised
 from recognition.models import UploadRequest
 from recognition.web import uploads
 from recognition.web.responses import (
@@ -17,7 +18,10 @@ from recognition.web.responses import (
     ResponseConsumer,
     Sweeper,
     WakeListener,
+    completed_fields,
     waiters,
+    wake_datagram,
+    woken,
 )
 from recognition.web.uploads import UploadRefused, handle_upload
 
@@ -29,32 +33,79 @@ def stop():
     event.set()
 
 
-@pytest.mark.django_db
-def test_a_result_for_another_process_is_passed_to_its_wake_socket(stop):
+def recorded(row, **fields):
+    """A result for `row` as a consumer recorded it, with the fields it completed the row with."""
+    result = recognised("Alice", 0.3, 1).stamped(request_id=str(row.pk), instance="i-1", **fields)
+    return result, completed_fields(result)
+
+
+@pytest.fixture
+def listener(stop):
     listener = WakeListener(stop, "127.0.0.1")
     listener.start()
-    row = UploadRequest.objects.create(
-        file_name="a.jpg", received_at=timezone.now(), reply_to=listener.address
+    return listener
+
+
+def waiting_row(reply_to):
+    return UploadRequest.objects.create(
+        file_name="a.jpg", received_at=timezone.now(), reply_to=reply_to
     )
+
+
+@pytest.mark.django_db
+def test_a_result_for_another_process_is_passed_to_its_wake_socket_with_its_fields(stop, listener):
+    row = waiting_row(listener.address)
     unrelated = UploadRequest.objects.create(file_name="b.jpg", received_at=timezone.now())
     arrived = waiters.register(str(row.pk))
     try:
         consumer = ResponseConsumer(stop)
         with consumer.sender:
-            consumer.pass_on([str(row.pk), str(unrelated.pk)])
+            consumer.pass_on([recorded(row), recorded(unrelated)])
         assert arrived.wait(5)
+        # The request answers from the fields the datagram carried, without reading its row.
+        assert arrived.completed == recorded(row)[1]
+        assert arrived.completed["name"] == "Alice"
     finally:
         waiters.discard(str(row.pk))
 
 
 @pytest.mark.django_db
+def test_a_result_too_large_for_a_datagram_or_already_recorded_passes_on_its_id_alone(
+    stop, listener
+):
+    consumer = ResponseConsumer(stop)
+    large = waiting_row(listener.address)
+    redelivered = waiting_row(listener.address)
+    arrivals = [waiters.register(str(large.pk)), waiters.register(str(redelivered.pk))]
+    try:
+        with consumer.sender:
+            big_result, fields = recorded(large, payload={"faces": ["x" * 100] * 100})
+            assert len(wake_datagram(big_result, fields)) == len(str(large.pk))
+            consumer.pass_on([(big_result, fields), (recorded(redelivered)[0], None)])
+        for arrived in arrivals:
+            assert arrived.wait(5)
+            assert arrived.completed is None  # the request reads its row
+    finally:
+        waiters.discard(str(large.pk))
+        waiters.discard(str(redelivered.pk))
+
+
+def test_a_datagram_not_signed_with_the_projects_key_wakes_nobody(caplog):
+    request_id = str(uuid.uuid4())
+    body = recognised("Mallory", 0.0, 1).stamped(request_id=request_id).to_json()
+    forged = signing.Signer(key="not the secret key", salt="facesite.wake").sign(body)
+    for datagram in (forged.encode(), body.encode(), forged.encode()[:-5]):
+        assert woken(datagram) == ("", None)
+    assert "not a signed result" in caplog.text
+    assert woken(request_id.encode()) == (request_id, None)
+
+
+@pytest.mark.django_db
 def test_an_unreachable_wake_socket_is_logged_not_raised(stop, caplog):
-    row = UploadRequest.objects.create(
-        file_name="a.jpg", received_at=timezone.now(), reply_to="not-an-address"
-    )
+    row = waiting_row("not-an-address")
     consumer = ResponseConsumer(stop)
     with consumer.sender:
-        consumer.pass_on([str(row.pk)])
+        consumer.pass_on([recorded(row)])
     assert "could not pass on" in caplog.text
 
 

@@ -47,7 +47,11 @@ DEAD_LETTER_PAUSE_SECONDS = 2.0
 # A wake datagram carrying its result stays within this size (a request id alone otherwise):
 # well inside UDP's 64 KiB, and one or a few packets on a data-centre network.
 MAX_WAKE_DATAGRAM_BYTES = 8192
-_wake_signer = signing.Signer(salt="facesite.wake")
+
+
+def _wake_signer() -> signing.Signer:
+    # Made per use: it reads the secret key (and its fallbacks, while keys rotate) from settings.
+    return signing.Signer(salt="facesite.wake")
 
 
 class Waiter(threading.Event):
@@ -141,7 +145,7 @@ def wake_datagram(result: ResultMessage, completed: dict[str, Any] | None) -> by
     """What tells another process that `result`'s request is complete: the signed result when
     it completed the row and fits MAX_WAKE_DATAGRAM_BYTES, else the request id."""
     if completed is not None:
-        signed = _wake_signer.sign(result.to_json()).encode()
+        signed = _wake_signer().sign(result.to_json()).encode()
         if len(signed) <= MAX_WAKE_DATAGRAM_BYTES:
             return signed
     return result.request_id.encode()
@@ -155,7 +159,7 @@ def woken(datagram: bytes) -> tuple[str, dict[str, Any] | None]:
     if not text.startswith("{"):
         return text, None
     try:
-        result = ResultMessage.from_json(_wake_signer.unsign(text))
+        result = ResultMessage.from_json(_wake_signer().unsign(text))
     except (signing.BadSignature, ValueError, TypeError):
         logger.warning("ignoring a wake datagram that is not a signed result")
         return "", None

@@ -9,6 +9,7 @@ serialisation), and the emulator serves every process of the stack from one inte
 """
 
 import argparse
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -21,10 +22,18 @@ CALLS = 20
 
 
 def per_call_ms(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    for _ in range(CALLS):
-        call()
-    return (time.perf_counter() - started) / CALLS * 1000
+    # The collector paused: one full collection of this process's heap (every message moto holds)
+    # landing in a 20-call window would be most of what it measures, and where it lands moves
+    # with every change to the calls' allocations.
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for _ in range(CALLS):
+            call()
+        return (time.perf_counter() - started) / CALLS * 1000
+    finally:
+        gc.enable()
 
 
 def measure(depth: int, label: str) -> None:

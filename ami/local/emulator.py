@@ -12,10 +12,15 @@ cost per call bounds the whole system's throughput (`python -m bench.emulator` m
   client's, 20% less wall time.
 
 - moto's SQS reads the clock through datetime arithmetic once or twice for every message a
-  queue holds, on every send, receive and attribute read, and a receive reads the queue's
-  attributes once per message it returns: with many uploads waiting the emulator, not the
-  workers, set the pace. The same epoch time from `time.time()` is an order of magnitude
-  cheaper.
+  queue holds, on every send, receive and attribute read: with many uploads waiting the
+  emulator, not the workers, set the pace. The same epoch time from `time.time()` is an order
+  of magnitude cheaper.
+- moto's queue attributes are computed whole, counting every message of the queue three times
+  (visible, in flight, delayed), and moto computes them three times for each message a receive
+  returns, only to read the queue's retention period, and three times for each attribute a
+  GetQueueAttributes names. Here a receive reads the retention period itself, and
+  GetQueueAttributes computes them once: with 1,000 messages waiting a receive took 18 ms of
+  the emulator's one interpreter, during which every other AWS call of the stack waited.
 - Every request lists moto's package directory (a `stat` per service) to route itself; the
   directory does not change while the server runs, so it is listed once.
 
@@ -61,6 +66,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import flask
 import flask.debughelpers
@@ -74,6 +80,8 @@ from gunicorn.workers.base import Worker
 from moto.core import utils as moto_utils
 from moto.core.common_models import BaseModel
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.sqs.exceptions import InvalidAttributeName
+from moto.sqs.models import Message, SQSBackend
 
 from ami.local import compact_s3, sqs_handles
 from ami.local.disk_bodies import DiskBodies
@@ -132,11 +140,38 @@ def install_memory_bounds(bodies_dir: Path) -> None:
     sqs_handles.install()
 
 
+def retained(backend: SQSBackend, queue_name: str, message: Message) -> bool:
+    """Whether `message` is still inside its queue's retention period (moto's
+    `is_message_valid_based_on_retention_period`, without computing every queue attribute)."""
+    retention_seconds = backend.get_queue(queue_name).message_retention_period
+    return message.sent_timestamp / 1000 + retention_seconds > unix_time()
+
+
+def queue_attributes(
+    backend: SQSBackend, queue_name: str, attribute_names: list[str]
+) -> dict[str, Any]:
+    """moto's `get_queue_attributes`, computing the queue's attributes once, not three times a
+    name."""
+    queue = backend.get_queue(queue_name)
+    if not attribute_names:
+        return {}
+    known = {"All", *queue.BASE_ATTRIBUTES, *queue.FIFO_ATTRIBUTES, *queue.KMS_ATTRIBUTES}
+    for name in attribute_names:
+        if name not in known:
+            raise InvalidAttributeName(name)
+    current = queue.attributes
+    if "All" in attribute_names:
+        return current
+    return {name: current[name] for name in attribute_names if current.get(name) is not None}
+
+
 def install_speedups() -> None:
-    """Apply the two changes of moto above to this process's moto."""
+    """Apply the changes of moto's speed above to this process's moto."""
     # moto's SQS imports the clock functions by name, so its module's names are replaced.
     moto.sqs.models.unix_time = unix_time
     moto.sqs.models.unix_time_millis = unix_time_millis
+    SQSBackend.is_message_valid_based_on_retention_period = retained
+    SQSBackend.get_queue_attributes = queue_attributes
     moto_modules = tuple(moto.backends.list_of_moto_modules())
     moto.backends.list_of_moto_modules = lambda: moto_modules
 

@@ -2,6 +2,10 @@
 
 import flask.debughelpers
 import moto.s3.models
+
+# Imported before any test installs the emulator's CompactKey: moto's S3 responses bind
+# `FakeKey` by name when first imported, and a first import under the patch would keep it.
+import moto.s3.responses  # noqa: F401
 import moto.sqs.models
 import pytest
 from moto import mock_aws

@@ -21,6 +21,8 @@ import pytest
 from gunicorn.errors import HaltServer
 from moto import mock_aws
 from moto.core import utils as moto_utils
+from moto.sqs.exceptions import InvalidAttributeName
+from moto.sqs.models import SQSBackend
 
 from ami.local import emulator
 from ami.local.disk_bodies import DiskBodies
@@ -47,6 +49,8 @@ def test_install_points_moto_at_the_cheap_clock_and_a_listing_made_once(monkeypa
         (moto.sqs.models, "unix_time"),
         (moto.sqs.models, "unix_time_millis"),
         (moto.backends, "list_of_moto_modules"),
+        (SQSBackend, "is_message_valid_based_on_retention_period"),
+        (SQSBackend, "get_queue_attributes"),
     ]:
         monkeypatch.setattr(module, name, getattr(module, name))  # undone after the test
     emulator.install_speedups()
@@ -65,6 +69,70 @@ def test_sqs_visibility_and_delay_hold_under_the_cheap_clock(monkeypatch):
     assert not message.visible and message.delayed
     message.visible_at = message.delayed_until = emulator.unix_time_millis() - 1
     assert message.visible and not message.delayed
+
+
+@pytest.fixture
+def sqs_backend(monkeypatch):
+    """A fresh in-process moto SQS backend with one queue of five messages, one in flight."""
+    backend = SQSBackend("us-east-1", "123456789012")
+    backend.create_queue("q", VisibilityTimeout="60")
+    for index in range(5):
+        backend.send_message("q", f"message {index}")
+    backend.receive_message("q", 1, 0, 60)
+    return backend
+
+
+ATTRIBUTE_ASKS = [
+    ["All"],
+    ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    ["VisibilityTimeout", "All"],
+    ["RedrivePolicy"],  # unset: left out
+    [],
+]
+
+
+def test_queue_attributes_answer_as_motos(sqs_backend):
+    for names in ATTRIBUTE_ASKS:
+        expected = SQSBackend.get_queue_attributes(sqs_backend, "q", names)
+        assert emulator.queue_attributes(sqs_backend, "q", names) == expected
+    assert emulator.queue_attributes(sqs_backend, "q", ["ApproximateNumberOfMessages"]) == {
+        "ApproximateNumberOfMessages": 4
+    }
+    for bad in (["NoSuchAttribute"], [""], ["All", "Nope"]):
+        with pytest.raises(InvalidAttributeName):
+            emulator.queue_attributes(sqs_backend, "q", bad)
+
+
+def test_queue_attributes_are_computed_once_and_a_receive_computes_none(sqs_backend, monkeypatch):
+    computed = []
+    whole = moto.sqs.models.Queue.attributes
+
+    def counted(queue):
+        computed.append(queue.name)
+        return whole.fget(queue)
+
+    monkeypatch.setattr(moto.sqs.models.Queue, "attributes", property(counted))
+    monkeypatch.setattr(SQSBackend, "is_message_valid_based_on_retention_period", emulator.retained)
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    emulator.queue_attributes(sqs_backend, "q", names)
+    assert computed == ["q"]
+    SQSBackend.get_queue_attributes(sqs_backend, "q", names)
+    assert len(computed) == 1 + 3 * len(names)  # moto's own: three times a name
+    computed.clear()
+    assert len(sqs_backend.receive_message("q", 3, 0, 60)) == 3
+    assert computed == []
+
+
+def test_a_message_past_its_retention_is_not_received(sqs_backend):
+    queue = sqs_backend.get_queue("q")
+    message = queue._messages[-1]
+    retention_ms = queue.message_retention_period * 1000
+    for sent_ago_ms, kept in ((retention_ms - 5000, True), (retention_ms + 5000, False)):
+        message.sent_timestamp = emulator.unix_time_millis() - sent_ago_ms
+        assert emulator.retained(sqs_backend, "q", message) is kept
+        assert SQSBackend.is_message_valid_based_on_retention_period(sqs_backend, "q", message) is (
+            kept
+        )
 
 
 def test_a_disk_body_reads_and_writes_as_motos_spooled_file(tmp_path):

@@ -123,6 +123,24 @@ def test_provision_creates_the_three_roles_and_they_read_back_as_written(mocked_
     assert len(iam.list_roles()["Roles"]) == 3
 
 
+def clients_as(names, role, session, region):
+    """A maker of boto3 clients holding the credentials of `role` (assumed as `session`)."""
+    credentials = aws.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{names.account}:role/{role}", RoleSessionName=session
+    )["Credentials"]
+
+    def client(service):
+        return boto3.client(
+            service,
+            region_name=region,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+
+    return client
+
+
 def test_a_worker_cannot_stop_another_workers_instance(mocked_aws, settings):  # noqa: F811
     names = aws.names()
     provision_storage(names, visibility_timeout=30, max_receives=5)
@@ -140,19 +158,7 @@ def test_a_worker_cannot_stop_another_workers_instance(mocked_aws, settings):  #
         for n in (1, 2)
     ]
     # The credentials an app-tier instance gets from its profile: the worker role's.
-    credentials = aws.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{names.account}:role/{names.worker_profile}",
-        RoleSessionName=instances[0],
-    )["Credentials"]
-
-    def as_worker(service):
-        return boto3.client(
-            service,
-            region_name=settings.AWS_REGION,
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-        )
+    as_worker = clients_as(names, names.worker_profile, instances[0], settings.AWS_REGION)
 
     queue_url = aws.client("sqs").get_queue_url(QueueName=names.request_queue)["QueueUrl"]
     with enable_iam_authentication():
@@ -186,19 +192,7 @@ def test_the_scalers_role_may_observe_the_fleet(mocked_aws, settings):  # noqa: 
             {"ResourceType": "instance", "Tags": names.tags(Role.APP_TIER, app_tier_name(1))}
         ],
     )["Instances"][0]["InstanceId"]
-    credentials = aws.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{names.account}:role/{names.scaler_role}",
-        RoleSessionName="scaler",
-    )["Credentials"]
-
-    def as_scaler(service):
-        return boto3.client(
-            service,
-            region_name=settings.AWS_REGION,
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-        )
+    as_scaler = clients_as(names, names.scaler_role, "scaler", settings.AWS_REGION)
 
     fleet = Fleet(
         as_scaler("ec2"),

@@ -166,17 +166,10 @@ class ListedInstances:
         # By a filter on the ids rather than by InstanceIds: one id EC2 does not know yet would
         # fail the whole call with InvalidInstanceID.NotFound; the filter leaves it out.
         paginator = ec2.get_paginator("describe_instances")
-        return [
-            record
-            for start in range(0, len(instance_ids), MAX_FILTER_VALUES)
-            for record in _records(
-                paginator.paginate(
-                    Filters=[
-                        {
-                            "Name": "instance-id",
-                            "Values": instance_ids[start : start + MAX_FILTER_VALUES],
-                        }
-                    ]
-                )
-            )
-        ]
+        records = []
+        for start in range(0, len(instance_ids), MAX_FILTER_VALUES):
+            by_ids = [
+                {"Name": "instance-id", "Values": instance_ids[start : start + MAX_FILTER_VALUES]}
+            ]
+            records += _records(paginator.paginate(Filters=by_ids))
+        return records

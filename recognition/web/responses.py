@@ -163,7 +163,7 @@ def woken(datagram: bytes) -> tuple[str, dict[str, Any] | None]:
     except (signing.BadSignature, ValueError, TypeError):
         logger.warning("ignoring a wake datagram that is not a signed result")
         return "", None
-    return str(result.request_id), completed_fields(result)
+    return result.request_id, completed_fields(result)
 
 
 class QueueConsumer(threading.Thread):
@@ -218,7 +218,7 @@ class QueueConsumer(threading.Thread):
         waiting_elsewhere = [
             (result, completed)
             for result, completed in filter(None, recorded)
-            if not waiters.wake(str(result.request_id), completed)
+            if not waiters.wake(result.request_id, completed)
         ]
         if waiting_elsewhere:
             self.pass_on(waiting_elsewhere)
@@ -242,7 +242,7 @@ class QueueConsumer(threading.Thread):
 
     def pass_on(self, recorded: list[tuple[ResultMessage, dict[str, Any] | None]]) -> None:
         """Tell the processes these results' requests wait in that their rows are complete."""
-        by_id = {str(result.request_id): (result, completed) for result, completed in recorded}
+        by_id = {result.request_id: (result, completed) for result, completed in recorded}
         rows = (
             UploadRequest.objects.filter(pk__in=list(by_id))
             .exclude(reply_to__in=["", reply_address()])

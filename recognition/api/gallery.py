@@ -20,7 +20,7 @@ from django.db.models import Count, Q
 
 from recognition.api import calls
 from recognition.api.errors import ApiError
-from recognition.engine import configured_embedder_name
+from recognition.engine import configured_embedder_name, first_look_dim
 from recognition.gallery import snapshots, store
 from recognition.gallery.matching import choose_face
 from recognition.lifecycle import TIMEOUT_CODE, ApiReply
@@ -221,7 +221,8 @@ def add_examples(identity: Identity, uploads: list) -> dict:
     for index in sorted(embedded, key=lambda i: len(embedded[i].embeddings)):
         faces = embedded[index].embeddings
         reference = np.mean(references, axis=0) if references else None
-        face, note = choose_face(faces, reference) if len(faces) > 1 else (0, "")
+        dims = first_look_dim(embedder)
+        face, note = choose_face(faces, reference, dims) if len(faces) > 1 else (0, "")
         chosen[index] = (face, note)
         references.append(embedded[index].embeddings[face])
 

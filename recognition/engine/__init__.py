@@ -17,7 +17,13 @@ from .errors import (
     WeightsFormatError,
 )
 from .imaging import load_image
-from .names import DLIB_EMBEDDER, VGGFACE2_EMBEDDER, configured_embedder_name
+from .names import (
+    DLIB_EMBEDDER,
+    FUSED_EMBEDDER,
+    VGGFACE2_EMBEDDER,
+    configured_embedder_name,
+    first_look_dim,
+)
 from .results import Face, FaceResult, Recognition
 
 if TYPE_CHECKING:
@@ -35,19 +41,21 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DLIB_EMBEDDER",
-    "VGGFACE2_EMBEDDER",
     "CorruptImage",
+    "DLIB_EMBEDDER",
     "EmbedderUnavailable",
     "Engine",
+    "FUSED_EMBEDDER",
     "Face",
     "FaceResult",
     "ImageError",
     "ImageTooLarge",
     "NotAnImage",
     "Recognition",
+    "VGGFACE2_EMBEDDER",
     "WeightsFormatError",
     "configured_embedder_name",
+    "first_look_dim",
     "get_engine",
     "load_engine",
     "load_image",

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import alignment, dlib_resnet, shape_predictor
+from . import alignment, dlib_resnet, facenet_keras, shape_predictor
 from .detection import Detection
 from .errors import EmbedderUnavailable
-from .names import DLIB_EMBEDDER, VGGFACE2_EMBEDDER, embedder_name
+from .names import DLIB_EMBEDDER, FACENET_KERAS_EMBEDDER, VGGFACE2_EMBEDDER, embedder_name
 
 VGGFACE2_WEIGHTS_FILE = "20180402-114759-vggface2.pt"
 
@@ -201,13 +201,59 @@ class FacenetEmbedder:
             return embeddings.numpy().astype(np.float32, copy=False)
 
 
-_EMBEDDERS: dict[str, type[DlibEmbedder] | type[FacenetEmbedder]] = {
-    "dlib": DlibEmbedder,
-    "vggface2": FacenetEmbedder,
+class FacenetKerasEmbedder:
+    """FaceNet's 128-d unit vectors (facenet_keras.py) from the MTCNN box grown by
+    facenet_keras.MARGIN pixels, standardised per image: the engine's second opinion on the faces
+    whose first-look answer is doubtful (core.py)."""
+
+    name = FACENET_KERAS_EMBEDDER
+    dim = facenet_keras.EMBEDDING_DIM
+    crop_size = facenet_keras.CROP_SIZE
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        self.network = facenet_keras.load_network(Path(weights) if weights else None)
+
+    def prepare(self, image: Image.Image, detection: Detection) -> np.ndarray:
+        x1, y1, x2, y2 = (float(value) for value in detection.box)
+        half = facenet_keras.MARGIN / 2
+        box = (
+            max(x1 - half, 0.0),
+            max(y1 - half, 0.0),
+            min(x2 + half, float(image.width)),
+            min(y2 + half, float(image.height)),
+        )
+        if box[2] <= box[0] or box[3] <= box[1]:
+            return np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        crop = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(crop, dtype=np.uint8)
+
+    def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
+        if mirror:
+            chips = np.concatenate([chips, chips[:, :, ::-1]])
+        batch = _batch(chips)
+        # FaceNet's prewhitening: per image, the standard deviation floored at 1/sqrt(size).
+        flat = batch.reshape(len(batch), -1)
+        mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+        floor = 1.0 / flat.shape[1] ** 0.5
+        spread = flat.std(dim=1, correction=0).clamp(min=floor).view(-1, 1, 1, 1)
+        with torch.inference_mode():
+            embeddings = self.network((batch - mean) / spread)
+            if mirror:
+                mean_pair = embeddings.reshape(2, len(chips) // 2, -1).mean(dim=0)
+                embeddings = torch.nn.functional.normalize(mean_pair, dim=1)
+            return embeddings.numpy().astype(np.float32, copy=False)
+
+
+# FACESITE_EMBEDDER value -> the networks: the first look's, then the second opinion's if any.
+_EMBEDDERS: dict[str, tuple[type, ...]] = {
+    "dlib+facenet": (DlibEmbedder, FacenetKerasEmbedder),
+    "dlib": (DlibEmbedder,),
+    "vggface2": (FacenetEmbedder,),
 }
 
 
-def load_embedder(kind: str) -> Embedder:
-    """The embedder a FACESITE_EMBEDDER value names ("dlib" or "vggface2")."""
+def load_embedders(kind: str) -> tuple[Embedder, Embedder | None]:
+    """The embedder a FACESITE_EMBEDDER value names, and its second opinion (or None)."""
     embedder_name(kind)  # a ValueError listing the valid choices for anything else
-    return _EMBEDDERS[kind]()
+    first, *second = (network() for network in _EMBEDDERS[kind])
+    return first, second[0] if second else None

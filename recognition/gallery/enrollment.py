@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from recognition.engine import ImageError
+from recognition.engine import ImageError, first_look_dim
 from recognition.gallery.matching import Gallery, choose_face
 from recognition.gallery.store import NewSample
 
@@ -174,7 +174,7 @@ def embed_images(
         if len(embeddings) > 1:
             others = examples.get(image.label)
             reference = np.mean(others, axis=0) if others else None
-            chosen, why = choose_face(embeddings, reference)
+            chosen, why = choose_face(embeddings, reference, first_look_dim(engine.embedder_name))
             run.several_faces[image.source] = len(embeddings)
             run.face_choices[image.source] = why
         run.samples.append(NewSample(image.label, image.source, embeddings[chosen]))

@@ -304,6 +304,7 @@ class Gallery:
         self._starts = self._stops - counts
         self._squared_norms = np.einsum("ij,ij->i", matrix, matrix)
         self._given_operating_point = operating_point
+        self._first_looks: dict[int, Gallery] = {}
 
     @cached_property
     def owner(self) -> np.ndarray:
@@ -334,6 +335,21 @@ class Gallery:
     def calibrated(self, target_fpir: float) -> Gallery:
         """This gallery with the operating point for ``target_fpir`` (a new object)."""
         return Gallery(self.embedder, self.labels, self.embeddings, calibrate(self, target_fpir))
+
+    def first_look(self, dim: int) -> Gallery:
+        """The gallery of every sample's first ``dim`` components (the first network's part of
+        an embedding made by two side by side), calibrated for the same target FPIR: what the
+        engine's first look answers against (recognition.engine.core). Computed once."""
+        if dim == self.dim or not len(self):
+            return self
+        if dim not in self._first_looks:
+            target = self.operating_point.target_fpir
+            part = Gallery(self.embedder, self.labels, self.embeddings[:, :dim])
+            # A hand-set point says nothing about the part's scale: the default target holds.
+            self._first_looks[dim] = part.calibrated(
+                target if math.isfinite(target) else DEFAULT_TARGET_FPIR
+            )
+        return self._first_looks[dim]
 
     def with_threshold(self, threshold: float) -> Gallery:
         """This gallery with a hand-set score threshold (evaluate's curve, tests)."""
@@ -527,14 +543,18 @@ def calibrate(gallery: Gallery, target_fpir: float) -> OperatingPoint:
     return choose_operating_point(impostors, target_fpir)
 
 
-def choose_face(embeddings: np.ndarray, reference: np.ndarray | None) -> tuple[int, str]:
+def choose_face(
+    embeddings: np.ndarray, reference: np.ndarray | None, dims: int | None = None
+) -> tuple[int, str]:
     """Which of an enrolment photo's faces (rows of ``embeddings``, largest first) is the
     person, and why: the face nearest the mean of the person's other examples when it is within
-    AGREEMENT_DISTANCE of it, else the largest. Pure function."""
+    AGREEMENT_DISTANCE of it, else the largest. Distances over the first ``dims`` components
+    (the first network's, recognition.engine.names.first_look_dim; None: all). Pure function."""
     count = len(embeddings)
     if reference is None:
         return 0, f"{count} faces, used the largest (no other example of this person decides)"
-    distances = np.linalg.norm(embeddings.astype(np.float64) - reference, axis=1)
+    gaps = embeddings.astype(np.float64)[:, :dims] - np.asarray(reference)[:dims]
+    distances = np.linalg.norm(gaps, axis=1)
     nearest = int(np.argmin(distances))
     if distances[nearest] > AGREEMENT_DISTANCE:
         return 0, (
@@ -552,15 +572,18 @@ def choose_face(embeddings: np.ndarray, reference: np.ndarray | None) -> tuple[i
     )
 
 
-def disagreeing_examples(labels: list[str], embeddings: np.ndarray) -> np.ndarray:
+def disagreeing_examples(
+    labels: list[str], embeddings: np.ndarray, dims: int | None = None
+) -> np.ndarray:
     """Which examples are likely someone else: further than DISAGREEMENT_DISTANCE from every
     other example of their person (unlike any of them; a mean would be dragged by the odd one out).
     A person needs three examples for this to mean anything (with two, neither can be told
-    wrong). Pure function: (n,) bool."""
+    wrong). Distances over the first ``dims`` components, as choose_face. Pure function: (n,)
+    bool."""
     flags = np.zeros(len(labels), dtype=bool)
     if not len(labels):
         return flags
-    matrix = np.asarray(embeddings, dtype=np.float64)
+    matrix = np.asarray(embeddings, dtype=np.float64)[:, :dims]
     names = np.asarray(labels, dtype=str)
     for name in np.unique(names):
         rows = np.flatnonzero(names == name)

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from recognition.engine import first_look_dim
 from recognition.gallery.matching import DEFAULT_TARGET_FPIR, Gallery, disagreeing_examples
 from recognition.models import FaceSample, GallerySnapshot, Identity
 
@@ -152,6 +153,7 @@ def flag_disagreeing(embedder: str) -> list[FaceSample]:
     flags = disagreeing_examples(
         [row.identity.name for row in rows],
         np.vstack([embedding_from_bytes(row.embedding) for row in rows]),
+        first_look_dim(embedder),
     )
     changed = []
     for row, flag in zip(rows, flags, strict=True):

@@ -166,22 +166,25 @@ def verify_payload(
     distance threshold when one is set, else the distance at which two faces agree."""
     engine = _engine()
     threshold = AGREEMENT_DISTANCE if engine.threshold is None else engine.threshold
+    # The distance is the first network's: the one the threshold is measured in.
+    dims = engine.embedder.dim
     faces = engine.embed_image(data)
     if not faces:
         return _no_face("the first image")
+    probe = faces[0].embedding[:dims]
     if other is not None:
         other_faces = engine.embed_image(other)
         if not other_faces:
             return _no_face("the second image")
         # A one-sample gallery of the second face: the same rule decides as for recognition.
-        reference = Gallery(engine.embedder_name, ["image2"], other_faces[0].embedding[None, :])
-        match = reference.match(faces[0].embedding, threshold, top_k=1)[0]
+        reference = Gallery(engine.embedder_name, ["image2"], other_faces[0].embedding[None, :dims])
+        match = reference.match(probe, threshold, top_k=1)[0]
         distance = match.distance
         matched = match.name != UNKNOWN
     else:
-        gallery = snapshots.load(gallery_version, engine.embedder_name)
+        gallery = snapshots.load(gallery_version, engine.embedder_name).first_look(dims)
         # Every identity's distance, so the subject's is among them wherever it ranks.
-        match = gallery.match(faces[0].embedding, threshold, top_k=max(1, len(gallery)))[0]
+        match = gallery.match(probe, threshold, top_k=max(1, len(gallery)))[0]
         distances = {candidate.name: candidate.distance for candidate in match.candidates}
         if subject not in distances:
             return messages.refused(

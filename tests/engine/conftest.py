@@ -17,11 +17,12 @@ TWO_FACES = Path("train/elton_john/httpssmediacacheakpinimgcomxfcfcbaeaeddabbjpg
 
 @pytest.fixture(scope="session")
 def dlib_engine(engine):
-    """The session engine when it runs dlib's network (the default), else a dlib one."""
-    if engine.embedder_name == DLIB_EMBEDDER:
-        return engine
-    from recognition.engine import load_engine
+    """An engine of dlib's network alone: the session engine's first look without its second
+    opinion (the same loaded models), or a dlib engine when the session runs another."""
+    from recognition.engine import Engine, load_engine
 
+    if engine.embedder.name == DLIB_EMBEDDER:
+        return Engine(engine.detector, engine.embedder)
     return load_engine("dlib")
 
 

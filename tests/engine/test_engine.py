@@ -134,11 +134,11 @@ def test_second_look_mirrors_only_faces_near_the_operating_point(
     mirrored = dlib_engine.faces(Image.open(single_face_photo), mirror=True)[0].embedding
     assert np.linalg.norm(plain - mirrored) > 0.01  # else the test could not tell them apart
     score = gallery_without_madonna.identify(plain)[0].score
-    band = dlib_engine.second_look_band
-    assert band > 0
+    below, above = dlib_engine.second_look_band
+    assert below > 0 and above > 0
 
     # Just inside the band, on the reject side: embedded again with the mirror image.
-    doubtful = gallery_without_madonna.with_threshold(score + 0.9 * band)
+    doubtful = gallery_without_madonna.with_threshold(score + 0.9 * below)
     result = dlib_engine.recognize(single_face_photo, doubtful)
     face, match = result.faces[0].face, result.faces[0].match
     np.testing.assert_allclose(face.embedding, mirrored, atol=1e-5)
@@ -147,7 +147,7 @@ def test_second_look_mirrors_only_faces_near_the_operating_point(
     assert result.timings["second_look"] > 0
 
     # Beyond the band either way: the first embedding and answer stand, no extra work.
-    for threshold in (score + 1.1 * band, score - 1.1 * band):
+    for threshold in (score + 1.1 * below, score - 1.1 * above):
         confident = gallery_without_madonna.with_threshold(threshold)
         result = dlib_engine.recognize(single_face_photo, confident)
         np.testing.assert_array_equal(result.faces[0].face.embedding, plain)
@@ -156,13 +156,13 @@ def test_second_look_mirrors_only_faces_near_the_operating_point(
 
     # Band 0 turns it off; the older distance rule never takes a second look.
     for engine in (
-        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=0.0),
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=(0.0, 0.0)),
         core.Engine(dlib_engine.detector, dlib_engine.embedder, threshold=0.6),
     ):
         result = engine.recognize(single_face_photo, doubtful)
         np.testing.assert_array_equal(result.faces[0].face.embedding, plain)
     with pytest.raises(ValueError, match="second_look_band"):
-        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=-0.1)
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=(-0.1, 0.1))
 
 
 def test_every_source_kind_gives_the_same_answer(

@@ -50,7 +50,8 @@ def test_enroll_reports_every_case_is_idempotent_and_replaces(engine, course_tre
     assert (snapshot.identities, snapshot.samples) == (5, 6)
 
     # The group photo's sample is its larger face: Paul, not Bob.
-    gallery = store.snapshot_gallery(snapshot)
+    # (Distances in dlib's units: the first network's part of each sample.)
+    gallery = store.snapshot_gallery(snapshot).first_look(engine.embedder.dim)
     group = gallery.embeddings[gallery.labels.index("Group")]
     paul = gallery.embeddings[gallery.labels.index("Paul")]
     bob = gallery.embeddings[gallery.labels.index("Bob")]

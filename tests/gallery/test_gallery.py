@@ -362,3 +362,32 @@ def test_disagreeing_examples_are_the_ones_far_from_the_rest():
     # "a"'s fourth example is someone else; its second is only unlike (0.65 from) the others;
     # "b" has two examples, so neither can be told wrong.
     assert flags.tolist() == [False, False, False, True, False, False]
+
+
+def test_first_look_is_the_leading_components_calibrated_alike():
+    rng = np.random.default_rng(7)
+    labels = [f"person{i // 3}" for i in range(60)]
+    fused = Gallery("a+b", labels, rng.normal(size=(60, 6))).calibrated(0.05)
+    first = fused.first_look(4)
+    assert first.labels == fused.labels
+    np.testing.assert_array_equal(first.embeddings, fused.embeddings[:, :4])
+    # Its own operating point, for the same target, as if the part were a gallery of its own.
+    expected = Gallery("a+b", labels, fused.embeddings[:, :4]).calibrated(0.05)
+    assert first.operating_point == expected.operating_point
+    assert first.operating_point.threshold != fused.operating_point.threshold
+    assert fused.first_look(4) is first  # computed once
+    assert fused.first_look(6) is fused
+    assert Gallery.empty("a+b").first_look(4).identify(np.zeros((1, 4)))[0].name == UNKNOWN
+    # A hand-set point says nothing about the part's scale: the default target holds.
+    assert fused.with_threshold(0.0).first_look(4).operating_point.target_fpir == 0.01
+
+
+def test_enrolment_distances_can_be_taken_over_the_first_components():
+    embeddings = np.array([[0.0, 0.0, 9.0], [1.0, 0.0, -9.0]])
+    reference = np.array([1.0, 0.0, 9.0])
+    assert choose_face(embeddings, reference)[0] == 0  # all three components: the first face
+    assert choose_face(embeddings, reference, dims=2)[0] == 1
+    labels = ["x", "x", "x"]
+    three = np.array([[0.0, 0.0], [0.1, 5.0], [0.2, -5.0]])
+    assert disagreeing_examples(labels, three).all()
+    assert not disagreeing_examples(labels, three, dims=1).any()

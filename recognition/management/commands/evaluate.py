@@ -65,45 +65,47 @@ class ProbeResult:
     faces: int
     seconds: float
     correct: bool
-    # The identity that came closest and the open-set score it got (None without a face).
+    # The identity that came closest, and how far its score cleared the operating point it was
+    # held against (negative: it did not; None without a face). A margin, not the score: the
+    # engine's first and second looks answer on different scales (recognition.engine.core).
     nearest: str | None = None
-    score: float | None = None
+    margin: float | None = None
 
 
-def open_set_curve(results: list[ProbeResult], enrolled: set[str], threshold: float) -> dict | None:
-    """TPIR/FPIR at ``threshold`` and the TPIR-vs-FPIR curve over every threshold, from the
-    probes' scores; None when the probes hold no stranger or no enrolled person. Pure."""
+def open_set_curve(results: list[ProbeResult], enrolled: set[str]) -> dict | None:
+    """TPIR/FPIR at the operating point (margin 0) and the TPIR-vs-FPIR curve over every shift
+    of it, from the probes' margins; None when the probes hold no stranger or no enrolled
+    person. Pure."""
     known = [r for r in results if r.label in enrolled]
     strangers = [r for r in results if r.label not in enrolled]
     if not known or not strangers:
         return None
     floor = -math.inf
-    known_scores = np.array(
-        [r.score if r.score is not None and r.nearest == r.label else floor for r in known]
+    known_margins = np.array(
+        [r.margin if r.margin is not None and r.nearest == r.label else floor for r in known]
     )
-    stranger_scores = np.array([r.score if r.score is not None else floor for r in strangers])
+    stranger_margins = np.array([r.margin if r.margin is not None else floor for r in strangers])
 
     def rates(cut: float) -> tuple[float, float]:
-        return float((known_scores > cut).mean()), float((stranger_scores > cut).mean())
+        return float((known_margins > cut).mean()), float((stranger_margins > cut).mean())
 
-    tpir, fpir = rates(threshold)
-    # Every distinct stranger score is a threshold where FPIR steps; sweeping them (and -inf)
+    tpir, fpir = rates(0.0)
+    # Every distinct stranger margin is a shift where FPIR steps; sweeping them (and -inf)
     # traces the whole curve.
-    cuts = np.unique(np.concatenate([stranger_scores[np.isfinite(stranger_scores)], [floor]]))
+    cuts = np.unique(np.concatenate([stranger_margins[np.isfinite(stranger_margins)], [floor]]))
     curve = [rates(float(cut)) for cut in cuts[::-1]]
     at_fpir = []
     for target in CURVE_FPIRS:
         allowed = math.floor(target * len(strangers))
-        ranked = np.sort(stranger_scores)[::-1]
+        ranked = np.sort(stranger_margins)[::-1]
         cut = float(ranked[allowed]) if allowed < len(ranked) else floor
         reached_tpir, reached_fpir = rates(cut)
         at_fpir.append(
-            {"fpir": target, "threshold": cut, "tpir": reached_tpir, "fpir_reached": reached_fpir}
+            {"fpir": target, "margin": cut, "tpir": reached_tpir, "fpir_reached": reached_fpir}
         )
     return {
         "known_probes": len(known),
         "stranger_probes": len(strangers),
-        "threshold": threshold,
         "tpir": tpir,
         "fpir": fpir,
         "rank1_accuracy": float(np.mean([r.nearest == r.label for r in known])),
@@ -159,14 +161,17 @@ def recognise_probes(
             predicted, distance, faces = UNREADABLE, None, 0
         else:
             faces = len(recognition.faces)
-            nearest = score = None
+            nearest = margin = None
             if recognition.has_face:
                 predicted, distance = recognition.name, recognition.distance
                 match = recognition.faces[0].match
                 if match.candidates:
                     nearest = match.candidates[0].name
-                    # The older distance rule has no score: a smaller distance is a higher one.
-                    score = match.score if match.score is not None else -match.distance
+                    if match.score is not None and match.threshold is not None:
+                        margin = match.score - match.threshold
+                    elif engine.threshold is not None:
+                        # The older distance rule has no score: nearer than it is a margin.
+                        margin = engine.threshold - match.distance
             else:
                 predicted, distance = NO_FACE, None
         seconds = time.perf_counter() - began
@@ -180,7 +185,7 @@ def recognise_probes(
                 seconds,
                 predicted == expected,
                 nearest,
-                score,
+                margin,
             )
         )
     return results, time.perf_counter() - started
@@ -318,11 +323,7 @@ class Command(BaseCommand):
         scratch = run.gallery(engine.embedder_name).calibrated(target)
         results, wall_seconds = recognise_probes(engine, scratch, probe_images, show_progress)
         point = scratch.operating_point
-        open_set = open_set_curve(
-            results,
-            set(scratch.identities),
-            point.threshold if engine.threshold is None else -engine.threshold,
-        )
+        open_set = open_set_curve(results, set(scratch.identities))
         if curve is not None and open_set is not None:
             try:
                 plot_curve(
@@ -392,15 +393,15 @@ class Command(BaseCommand):
             out.write(
                 f"open set ({open_set['known_probes']} probes of enrolled people, "
                 f"{open_set['stranger_probes']} of strangers): TPIR {open_set['tpir']:.4f} at "
-                f"FPIR {open_set['fpir']:.4f} (threshold {open_set['threshold']:.4f}); rank-1 "
+                f"FPIR {open_set['fpir']:.4f} at the operating point; rank-1 "
                 f"accuracy of enrolled people {open_set['rank1_accuracy']:.4f}"
             )
-            out.write("TPIR at FPIR (threshold read off the strangers' scores):")
+            out.write("TPIR at FPIR (the operating point shifted as the strangers' scores say):")
             for point in open_set["tpir_at_fpir"]:
                 out.write(
                     f"  FPIR {point['fpir']:<6g} TPIR {point['tpir']:.4f} "
                     f"(FPIR reached {point['fpir_reached']:.4f}, "
-                    f"threshold {point['threshold']:.4f})"
+                    f"shift {point['margin']:+.4f})"
                 )
         latency = report["latency_ms"]
         out.write(

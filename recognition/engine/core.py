@@ -12,10 +12,11 @@ gallery's operating point is looked at again; confident accepts and rejects cost
   its mirror image). The first look matches the dlib part against the gallery's first-look
   operating point; a doubtful face is embedded by FaceNet too (and its dlib embedding averaged
   with its mirror image), and the pair is matched against the whole gallery, at the operating
-  point calibrated on both. lfw_dev (80 people enrolled with 3 photos, 386 known probes, 600
-  strangers) through evaluate: TPIR 0.915 -> 0.961, FPIR 0.005 -> 0.007 at the self-chosen
-  points, with FaceNet run on about 10% of the faces; FaceNet alone costs about four dlib
-  looks, which is why it is not run on every face.
+  point calibrated on both. A gallery too small to calibrate (its operating point is the prior,
+  which is in dlib's units) is answered by dlib's part alone. lfw_dev (80 people enrolled with
+  3 photos, 386 known probes, 600 strangers) through evaluate: TPIR 0.920 -> 0.964 and FPIR
+  0.005 -> 0.007 at the self-chosen points, with FaceNet run on about 10% of the faces. FaceNet
+  costs about four dlib looks a face, which is why it does not run on every face.
 - Without one, the doubtful face's embedding is averaged with its mirror image's, as enrolment
   does for every example, and matched again (lfw_dev: TPIR at FPIR 0.01 0.925 -> 0.946).
 """
@@ -144,8 +145,14 @@ class Engine:
             first_look = gallery.first_look(self.embedder.dim) if self.second_opinion else gallery
             if self.threshold is None:
                 matches = first_look.identify(embeddings, k)
+                # The prior (too few impostor trials to calibrate) is in the first network's
+                # units (matching.PRIOR_DISTANCE), so it cannot hold a score on both networks:
+                # such a small gallery is answered by the first network alone.
+                fused = gallery is not first_look and gallery.operating_point.method != "prior"
                 looked_at = Looked(image, faces, chips, detections)
-                faces, matches = self._second_look(looked_at, matches, gallery, k, timings)
+                faces, matches = self._second_look(
+                    looked_at, matches, gallery if fused else first_look, k, timings
+                )
             else:
                 matches = first_look.match(embeddings, self.threshold, k)
             results = [FaceResult(face, match) for face, match in zip(faces, matches, strict=True)]
@@ -179,8 +186,9 @@ class Engine:
         top_k: int,
         timings: dict[str, float],
     ) -> tuple[list[Face], list[Match]]:
-        """Faces and matches with each doubtful face embedded again and matched again (module
-        docstring); the others unchanged."""
+        """Faces and matches with each doubtful face embedded again and matched again against
+        ``gallery`` (module docstring): with the second opinion when the gallery holds its
+        part; the others unchanged."""
         faces = looked_at.faces
         doubtful = self.doubtful(matches)
         if not doubtful:
@@ -190,7 +198,7 @@ class Engine:
             mirror_images = np.ascontiguousarray(looked_at.chips[doubtful][:, :, ::-1])
             mirrored = self.embedder.embed(mirror_images)
         embeddings = (np.stack([faces[i].embedding for i in doubtful]) + mirrored) / 2
-        if self.second_opinion is not None:
+        if gallery.dim > embeddings.shape[1]:  # the gallery holds the second opinion's part too
             detections = [looked_at.detections[i] for i in doubtful]
             embeddings = self._fused(embeddings, looked_at.image, detections, mirror=False)
         timings["second_look"] = time.perf_counter() - started

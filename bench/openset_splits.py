@@ -52,7 +52,7 @@ def answer(
     embedding averaged with the mirror image and the second opinion's beside it, if any."""
     first = engine.embedder.dim
     matches = gallery.first_look(first).identify(plain[:, :first], 1)
-    doubtful = engine.doubtful(matches)
+    doubtful = engine.doubtful(matches, engine.fuses(gallery))
     if doubtful:
         again = np.concatenate([mirrored[doubtful, :first], plain[doubtful, first:]], axis=1)
         for index, match in zip(doubtful, gallery.identify(again, 1), strict=True):
@@ -132,10 +132,11 @@ def main() -> None:
             )
         )
 
+    band = engine.second_opinion_band if engine.second_opinion else engine.second_look_band
     print(
         f"lfw_dev: {len(known)} known people, {args.enrol} enrolled each, "
         f"{len(strangers)} strangers; target FPIR {args.target_fpir}; engine "
-        f"{engine.embedder_name}, second-look band {engine.second_look_band}"
+        f"{engine.embedder_name}, second-look band {band}"
     )
     print(f"{'gallery':<11}{'threshold':>10}{'TPIR':>8}{'FPIR':>8}{'TPIR@1%':>9}")
     for name, threshold, tpir, fpir, at_one in rows:

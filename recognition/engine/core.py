@@ -54,10 +54,12 @@ DEFAULT_TOP_K: int = FacesiteConfig.model_fields["top_k"].default
 # (below, above) the operating point, in open-set score units (recognition.gallery.matching).
 # Averaging in the mirror image moves a face's score by 0.02 (median), 0.07 (90%) and 0.12 (99%)
 # over the 121 faces of five_celebrity (bench/second_look.py): beyond 0.1 a face almost never
-# changes its answer that way. FaceNet's opinion rescues known faces from further below: on
-# lfw_dev, reaching 0.15 below gives TPIR 0.966 against 0.953 for 0.1, for 3.5% more faces
-# looked at twice; strangers named by the first look lie within 0.1 above.
-SECOND_LOOK_BAND = (0.15, 0.1)
+# changes its answer that way.
+SECOND_LOOK_BAND = (0.1, 0.1)
+# With the second opinion: FaceNet rescues known faces from further below. On lfw_dev, reaching
+# 0.15 below gives TPIR 0.966 against 0.953 for 0.1, for 3.5% more faces looked at twice;
+# strangers named by the first look lie within 0.1 above.
+SECOND_OPINION_BAND = (0.15, 0.1)
 # The second opinion's share of a fused embedding, [dlib, FUSION_WEIGHT * FaceNet]: on lfw_dev
 # weights 0.6-1.0 measure within a probe of each other; 0.8 kept strangers' FPIR nearest its
 # target over ten random galleries. Part of what a sample holds: a change needs a new name.
@@ -77,6 +79,7 @@ class Engine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         second_look_band: tuple[float, float] = SECOND_LOOK_BAND,
         second_opinion: Embedder | None = None,
+        second_opinion_band: tuple[float, float] = SECOND_OPINION_BAND,
     ) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -97,9 +100,11 @@ class Engine:
         self.top_k: int = top_k
         self.max_pixels: int = max_pixels
         # (0, 0) turns the second look off (module docstring).
-        if min(second_look_band) < 0:
-            raise ValueError(f"second_look_band must be >= 0 both ways, got {second_look_band}")
+        for band in (second_look_band, second_opinion_band):
+            if min(band) < 0:
+                raise ValueError(f"a second-look band must be >= 0 both ways, got {band}")
         self.second_look_band: tuple[float, float] = second_look_band
+        self.second_opinion_band: tuple[float, float] = second_opinion_band
 
     def __repr__(self) -> str:
         return f"<Engine {self.embedder_name} threshold={self.threshold} top_k={self.top_k}>"
@@ -145,13 +150,9 @@ class Engine:
             first_look = gallery.first_look(self.embedder.dim) if self.second_opinion else gallery
             if self.threshold is None:
                 matches = first_look.identify(embeddings, k)
-                # The prior (too few impostor trials to calibrate) is in the first network's
-                # units (matching.PRIOR_DISTANCE), so it cannot hold a score on both networks:
-                # such a small gallery is answered by the first network alone.
-                fused = gallery is not first_look and gallery.operating_point.method != "prior"
                 looked_at = Looked(image, faces, chips, detections)
                 faces, matches = self._second_look(
-                    looked_at, matches, gallery if fused else first_look, k, timings
+                    looked_at, matches, gallery if self.fuses(gallery) else first_look, k, timings
                 )
             else:
                 matches = first_look.match(embeddings, self.threshold, k)
@@ -166,10 +167,18 @@ class Engine:
             timings=timings,
         )
 
-    def doubtful(self, matches: list[Match]) -> list[int]:
+    def fuses(self, gallery: Gallery) -> bool:
+        """Whether doubtful faces get the second opinion against ``gallery``: when the engine
+        has one and the gallery's operating point was calibrated. The prior (too few impostor
+        trials) is in the first network's units (matching.PRIOR_DISTANCE) and cannot hold a
+        score on both networks: such a small gallery is answered by the first network alone."""
+        return self.second_opinion is not None and gallery.operating_point.method != "prior"
+
+    def doubtful(self, matches: list[Match], fused: bool = False) -> list[int]:
         """Indices of the matches whose open-set score lies within the second-look band of
-        their operating point (none for an empty gallery or with the band off)."""
-        below, above = self.second_look_band
+        their operating point, the second opinion's when ``fused`` (none for an empty gallery
+        or with the band off)."""
+        below, above = self.second_opinion_band if fused else self.second_look_band
         return [
             index
             for index, match in enumerate(matches)
@@ -190,7 +199,8 @@ class Engine:
         ``gallery`` (module docstring): with the second opinion when the gallery holds its
         part; the others unchanged."""
         faces = looked_at.faces
-        doubtful = self.doubtful(matches)
+        fused = gallery.dim > self.embedder.dim  # the gallery holds the second opinion's part
+        doubtful = self.doubtful(matches, fused)
         if not doubtful:
             return faces, matches
         started = time.perf_counter()
@@ -198,7 +208,7 @@ class Engine:
             mirror_images = np.ascontiguousarray(looked_at.chips[doubtful][:, :, ::-1])
             mirrored = self.embedder.embed(mirror_images)
         embeddings = (np.stack([faces[i].embedding for i in doubtful]) + mirrored) / 2
-        if gallery.dim > embeddings.shape[1]:  # the gallery holds the second opinion's part too
+        if fused:
             detections = [looked_at.detections[i] for i in doubtful]
             embeddings = self._fused(embeddings, looked_at.image, detections, mirror=False)
         timings["second_look"] = time.perf_counter() - started

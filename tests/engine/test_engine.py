@@ -161,8 +161,8 @@ def test_second_look_mirrors_only_faces_near_the_operating_point(
     ):
         result = engine.recognize(single_face_photo, doubtful)
         np.testing.assert_array_equal(result.faces[0].face.embedding, plain)
-    with pytest.raises(ValueError, match="second_look_band"):
-        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_look_band=(-0.1, 0.1))
+    with pytest.raises(ValueError, match="second-look band"):
+        core.Engine(dlib_engine.detector, dlib_engine.embedder, second_opinion_band=(0.1, -0.1))
 
 
 def test_every_source_kind_gives_the_same_answer(

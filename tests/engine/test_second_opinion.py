@@ -91,6 +91,7 @@ def test_a_doubtful_face_is_matched_on_both_networks(
             fused_engine.embedder,
             second_look_band=band,
             second_opinion=fused_engine.second_opinion,
+            second_opinion_band=band,
         )
 
     # Every face doubtful: dlib's part averaged with the mirror image, FaceNet's of the photo.

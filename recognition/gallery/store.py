@@ -164,6 +164,18 @@ def flag_disagreeing(embedder: str) -> list[FaceSample]:
     return [row for row, flag in zip(rows, flags, strict=True) if flag]
 
 
+def first_look_explained(gallery: Gallery) -> str | None:
+    """For a gallery of two networks' embeddings, what the first look (the first network's
+    part) is held against, and when the second opinion is asked; None for one network's."""
+    dims = first_look_dim(gallery.embedder)
+    if dims is None or not len(gallery):
+        return None
+    first = gallery.first_look(dims).operating_point.explain()
+    if gallery.operating_point.method == "prior":
+        return f"first look {first}; too few trials for a point on both networks: it decides alone"
+    return f"first look {first}; doubtful faces are answered on both networks at the point above"
+
+
 def publish_snapshot(embedder: str, fpir: float | None = None) -> tuple[GallerySnapshot, Gallery]:
     """Export the embedder's samples, with the operating point calibrated for ``fpir`` (default
     FACESITE_TARGET_FPIR), as the newest snapshot; idempotent for unchanged content.

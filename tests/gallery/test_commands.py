@@ -251,9 +251,13 @@ def test_calibrate_explains_and_publishes(engine, course_tree: Path):
     snapshots = GallerySnapshot.objects.count()
     out, _ = run("calibrate", "--dry-run")
     assert "target FPIR 0.01: threshold" in out and "impostor trials" in out
+    two_networks = engine.second_opinion is not None
+    # 6 examples: too few trials for 1%, so the prior, and the first look decides alone.
+    assert ("first look threshold" in out and "it decides alone" in out) == two_networks
     assert GallerySnapshot.objects.count() == snapshots
     out, _ = run("calibrate", "--target-fpir", "0.2")
     assert "target FPIR 0.2: threshold" in out
+    assert ("doubtful faces are answered on both networks" in out) == two_networks
     latest = store.current_gallery(engine.embedder_name)
     assert latest.operating_point.target_fpir == 0.2
     assert f"snapshot version {latest.version}" in out

@@ -44,6 +44,8 @@ class Command(BaseCommand):
             f"gallery {embedder}: {len(gallery.identities)} identities, {len(gallery)} samples"
         )
         out.write(f"target FPIR {target:g}: {point.explain()}")
+        if first_look := store.first_look_explained(calibrated):
+            out.write(first_look)
         if dry_run:
             return
         snapshot, _ = store.publish_snapshot(embedder, target)

@@ -94,6 +94,8 @@ class Command(BaseCommand):
             f"{len(gallery)} samples"
         )
         out.write(f"operating point: {gallery.operating_point.explain()}")
+        if first_look := store.first_look_explained(gallery):
+            out.write(first_look)
         out.write(self.style.SUCCESS(f"snapshot version {snapshot.version}"))
 
     def _report_skipped(self, skipped: list[Skipped]) -> None:

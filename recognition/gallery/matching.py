@@ -26,6 +26,7 @@ configured distance (FACESITE_MATCH_THRESHOLD) and for callers that want plain d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -109,6 +110,20 @@ class OperatingPoint:
     method: str
     # Share of the gallery's own impostor scores above the threshold (what it achieves there).
     impostor_fpir: float = 0.0
+
+    def to_fields(self) -> dict:
+        """The point as JSON-ready fields (snapshots carry it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> OperatingPoint:
+        return cls(
+            threshold=float(fields["threshold"]),
+            target_fpir=float(fields["target_fpir"]),
+            impostors=int(fields["impostors"]),
+            method=str(fields["method"]),
+            impostor_fpir=float(fields["impostor_fpir"]),
+        )
 
     def explain(self) -> str:
         if self.method == "quantile":
@@ -274,6 +289,7 @@ class Gallery:
         labels: Sequence[str],
         embeddings: np.ndarray,
         operating_point: OperatingPoint | None = None,
+        first_look_points: dict[int, OperatingPoint] | None = None,
     ) -> None:
         labels = [str(label) for label in labels]
         matrix = np.asarray(embeddings, dtype=np.float32)
@@ -304,7 +320,9 @@ class Gallery:
         self._starts = self._stops - counts
         self._squared_norms = np.einsum("ij,ij->i", matrix, matrix)
         self._given_operating_point = operating_point
+        # first_look(dim) galleries made so far; the points a snapshot brought, to make them.
         self._first_looks: dict[int, Gallery] = {}
+        self._first_look_points = dict(first_look_points or {})
 
     @cached_property
     def owner(self) -> np.ndarray:
@@ -343,12 +361,13 @@ class Gallery:
         if dim == self.dim or not len(self):
             return self
         if dim not in self._first_looks:
-            target = self.operating_point.target_fpir
             part = Gallery(self.embedder, self.labels, self.embeddings[:, :dim])
-            # A hand-set point says nothing about the part's scale: the default target holds.
-            self._first_looks[dim] = part.calibrated(
-                target if math.isfinite(target) else DEFAULT_TARGET_FPIR
-            )
+            point = self._first_look_points.get(dim)
+            if point is None:
+                target = self.operating_point.target_fpir
+                # A hand-set point says nothing about the part's scale: the default target.
+                point = calibrate(part, target if math.isfinite(target) else DEFAULT_TARGET_FPIR)
+            self._first_looks[dim] = Gallery(self.embedder, self.labels, part.embeddings, point)
         return self._first_looks[dim]
 
     def with_threshold(self, threshold: float) -> Gallery:
@@ -386,18 +405,8 @@ class Gallery:
         digest.update(json.dumps(header, sort_keys=True).encode())
         digest.update(self.embeddings.astype("<f4", copy=False).tobytes())
         # The operating point is part of what workers serve: another threshold, another version.
-        digest.update(json.dumps(self._operating_point_fields(), sort_keys=True).encode())
+        digest.update(json.dumps(self.operating_point.to_fields(), sort_keys=True).encode())
         return digest.hexdigest()
-
-    def _operating_point_fields(self) -> dict:
-        point = self.operating_point
-        return {
-            "threshold": point.threshold,
-            "target_fpir": point.target_fpir,
-            "impostors": point.impostors,
-            "method": point.method,
-            "impostor_fpir": point.impostor_fpir,
-        }
 
     def scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(best identity index, distance to its mean, open-set score) per query row."""
@@ -499,7 +508,18 @@ class Gallery:
             embedder=np.array(self.embedder),
             labels=np.array(self.labels, dtype=str).reshape(len(self.labels)),
             embeddings=self.embeddings.astype("<f4", copy=False),
-            operating_point=np.array(json.dumps(self._operating_point_fields(), sort_keys=True)),
+            operating_point=np.array(json.dumps(self.operating_point.to_fields(), sort_keys=True)),
+            # The first looks made so far (publish_snapshot makes the embedder's): a worker
+            # need not calibrate them again. Derived from the rest, so not part of the version.
+            first_looks=np.array(
+                json.dumps(
+                    {
+                        str(dim): gallery.operating_point.to_fields()
+                        for dim, gallery in self._first_looks.items()
+                    },
+                    sort_keys=True,
+                )
+            ),
         )
         return buffer.getvalue()
 
@@ -520,19 +540,20 @@ class Gallery:
                 embedder = str(archive["embedder"])
                 labels = [str(label) for label in archive["labels"]]
                 embeddings = archive["embeddings"]
-                fields = json.loads(str(archive["operating_point"]))
-                point = OperatingPoint(
-                    threshold=float(fields["threshold"]),
-                    target_fpir=float(fields["target_fpir"]),
-                    impostors=int(fields["impostors"]),
-                    method=str(fields["method"]),
-                    impostor_fpir=float(fields["impostor_fpir"]),
+                point = OperatingPoint.from_fields(json.loads(str(archive["operating_point"])))
+                first_looks = (
+                    {
+                        int(dim): OperatingPoint.from_fields(fields)
+                        for dim, fields in json.loads(str(archive["first_looks"])).items()
+                    }
+                    if "first_looks" in archive.files
+                    else {}
                 )
         except GalleryFormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise GalleryFormatError(f"not a readable gallery snapshot: {exc}") from exc
-        return cls(embedder, labels, embeddings, point)
+        return cls(embedder, labels, embeddings, point, first_looks)
 
 
 def calibrate(gallery: Gallery, target_fpir: float) -> OperatingPoint:

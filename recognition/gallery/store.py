@@ -184,6 +184,8 @@ def publish_snapshot(embedder: str, fpir: float | None = None) -> tuple[GalleryS
     the gallery back the way it was) makes that row the latest again instead of duplicating it.
     """
     gallery = gallery_from_samples(embedder).calibrated(target_fpir() if fpir is None else fpir)
+    if (dims := first_look_dim(embedder)) is not None:
+        gallery.first_look(dims)  # calibrated here, once, and carried by the snapshot
     with transaction.atomic():
         snapshot, created = GallerySnapshot.objects.get_or_create(
             version=gallery.version,

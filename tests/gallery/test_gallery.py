@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from recognition.gallery import matching
 from recognition.gallery.matching import (
     FORMAT_VERSION,
     UNKNOWN,
@@ -391,3 +392,20 @@ def test_enrolment_distances_can_be_taken_over_the_first_components():
     three = np.array([[0.0, 0.0], [0.1, 5.0], [0.2, -5.0]])
     assert disagreeing_examples(labels, three).all()
     assert not disagreeing_examples(labels, three, dims=1).any()
+
+
+def test_a_snapshot_carries_its_first_looks(monkeypatch):
+    rng = np.random.default_rng(8)
+    labels = [f"person{i // 3}" for i in range(60)]
+    fused = Gallery("a+b", labels, rng.normal(size=(60, 6))).calibrated(0.05)
+    before = fused.version
+    point = fused.first_look(4).operating_point
+    assert fused.version == before  # derived from the content, not part of it
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the snapshot's first look was calibrated again")
+
+    loaded = Gallery.from_bytes(fused.to_bytes())
+    monkeypatch.setattr(matching, "calibrate", no_calibration)
+    assert loaded.first_look(4).operating_point == point
+    assert loaded.version == fused.version

@@ -291,9 +291,14 @@ def test_operating_point_is_the_quantile_of_impostor_scores():
     impostors = np.arange(100) / 100.0
     point = choose_operating_point(impostors, 0.01)
     assert point.method == "quantile" and point.impostors == 100
-    assert point.threshold == 0.98  # named means score > threshold: only 0.99 gets through
-    assert point.impostor_fpir == 0.01
-    assert choose_operating_point(impostors, 0.05).threshold == 0.94
+    # k = floor(0.01 * 101) = 1: the highest; a 101st impostor lies above it with chance 1/101.
+    assert point.threshold == 0.99  # named means score > threshold: none of these gets through
+    assert point.impostor_fpir == 0.0
+    # k = floor(0.05 * 101) = 5: the fifth highest, 0.95; four of the hundred score above it.
+    assert choose_operating_point(impostors, 0.05).threshold == 0.95
+    assert choose_operating_point(impostors, 0.05).impostor_fpir == 0.04
+    # 0.29 * 100 is not quite 29 in floating point: still the 29th highest.
+    assert choose_operating_point(np.arange(99) / 100.0, 0.29).threshold == 0.70
 
 
 def test_too_few_impostors_give_the_prior():
@@ -302,8 +307,9 @@ def test_too_few_impostors_give_the_prior():
     few = choose_operating_point(np.array([-2.0, 5.0]), 0.01)
     assert few.method == "prior" and few.threshold == prior.threshold
     assert few.impostor_fpir == 0.5  # reported, so an operator sees it
-    # 100 trials resolve 1%: then the quantile decides.
-    assert choose_operating_point(np.full(100, 5.0), 0.01).method == "quantile"
+    # 99 trials resolve 1% (the highest of 99 is exceeded with chance 1/100); 98 do not.
+    assert choose_operating_point(np.full(99, 5.0), 0.01).method == "quantile"
+    assert choose_operating_point(np.full(98, 5.0), 0.01).method == "prior"
     with pytest.raises(ValueError):
         choose_operating_point(np.zeros(3), 0.0)
 

@@ -12,7 +12,8 @@ class Command(BaseCommand):
         "Calibrate the open-set operating point of the enrolled gallery for a target "
         "false-positive identification rate (--target-fpir, default FACESITE_TARGET_FPIR, "
         "0.01): every enrolled example is scored as a stranger against the gallery without "
-        "its own person, and the threshold lets through at most that share of them. Prints "
+        "its own person, and the threshold is the k-th highest of those n scores, k = floor(target "
+        "x (n + 1)), which a new stranger exceeds with probability at most the target. Prints "
         "what it chose and why, and publishes the snapshot (enroll does the same)."
     )
 

@@ -44,6 +44,18 @@ def _batch(chips: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(writable).permute(0, 3, 1, 2).float()
 
 
+def _resized_crop(
+    image: Image.Image, box: tuple[float, float, float, float], size: int
+) -> np.ndarray:
+    """The (size, size, 3) uint8 network input of ``box`` (left, top, right, bottom, already
+    inside the image), resized bilinearly (PIL: antialiased when shrinking); black when the box
+    is empty (a face detected off the image's edge)."""
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return np.zeros((size, size, 3), dtype=np.uint8)
+    crop = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(crop, dtype=np.uint8)
+
+
 # dlib's face-recognition chips: 150 px with 0.25 padding around the 5-point template.
 DLIB_CHIP_PADDING = 0.25
 # Where dlib's frontal (HOG) detector, whose boxes the 5-point predictor was trained on, puts its
@@ -184,10 +196,7 @@ class FacenetEmbedder:
             int(min(x2, image.width)),
             int(min(y2, image.height)),
         )
-        if box[2] <= box[0] or box[3] <= box[1]:
-            return np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        crop = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(crop, dtype=np.uint8)
+        return _resized_crop(image, box, self.crop_size)
 
     def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
         if mirror:
@@ -222,10 +231,7 @@ class FacenetKerasEmbedder:
             min(x2 + half, float(image.width)),
             min(y2 + half, float(image.height)),
         )
-        if box[2] <= box[0] or box[3] <= box[1]:
-            return np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        crop = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(crop, dtype=np.uint8)
+        return _resized_crop(image, box, self.crop_size)
 
     def embed(self, chips: np.ndarray, mirror: bool = False) -> np.ndarray:
         if mirror:

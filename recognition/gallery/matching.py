@@ -18,7 +18,9 @@ gallery; CAP is CONTEXT_CAP, and a missing reference (a one-person gallery) coun
 The operating point follows from a target false-positive identification rate (FPIR, the share
 of strangers given a name) and from the gallery itself (``calibrate``): every enrolled example
 is in turn a stranger to the gallery without its own person, and the threshold is the score
-that the target share of those impostors exceed.
+that a new stranger exceeds with at most the target probability (choose_operating_point).
+A gallery whose embeddings are two networks' side by side also has a first look: the same
+rule on the first network's part alone (``first_look``, recognition.engine.core).
 
 ``match`` keeps the older rule (nearest example, one distance threshold) for an explicitly
 configured distance (FACESITE_MATCH_THRESHOLD) and for callers that want plain distances.

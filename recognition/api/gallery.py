@@ -218,10 +218,10 @@ def add_examples(identity: Identity, uploads: list) -> dict:
     ]
     # Single-face images first: their faces are references for the images with several.
     chosen: dict[int, tuple[int, str]] = {}
+    dims = first_look_dim(embedder)
     for index in sorted(embedded, key=lambda i: len(embedded[i].embeddings)):
         faces = embedded[index].embeddings
         reference = np.mean(references, axis=0) if references else None
-        dims = first_look_dim(embedder)
         face, note = choose_face(faces, reference, dims) if len(faces) > 1 else (0, "")
         chosen[index] = (face, note)
         references.append(embedded[index].embeddings[face])

@@ -117,9 +117,13 @@ class Engine:
         doubles the network's work, which recognition cannot afford within its speed budget)."""
         return self._faces(to_rgb(image), {}, mirror, fused=True)[0]
 
-    def embed_image(self, source: ImageSource | Image.Image, mirror: bool = False) -> list[Face]:
-        """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it."""
-        return self._faces(self._decode(source), {}, mirror, fused=True)[0]
+    def embed_image(
+        self, source: ImageSource | Image.Image, mirror: bool = False, fused: bool = True
+    ) -> list[Face]:
+        """Decode ``source`` (raising ImageError subclasses) and return ``faces()`` of it;
+        ``fused=False``: the first network's embeddings alone (its distances, no second
+        opinion's work)."""
+        return self._faces(self._decode(source), {}, mirror, fused=fused)[0]
 
     def recognize(
         self,
@@ -152,8 +156,9 @@ class Engine:
             if self.threshold is None:
                 matches = first_look.identify(embeddings, k)
                 looked_at = Looked(image, faces, chips, detections)
+                fused = self.fuses(gallery)
                 faces, matches = self._second_look(
-                    looked_at, matches, gallery if self.fuses(gallery) else first_look, k, timings
+                    looked_at, matches, gallery if fused else first_look, fused, k, timings
                 )
             else:
                 matches = first_look.match(embeddings, self.threshold, k)
@@ -193,14 +198,14 @@ class Engine:
         looked_at: Looked,
         matches: list[Match],
         gallery: Gallery,
+        fused: bool,
         top_k: int,
         timings: dict[str, float],
     ) -> tuple[list[Face], list[Match]]:
         """Faces and matches with each doubtful face embedded again and matched again against
-        ``gallery`` (module docstring): with the second opinion when the gallery holds its
-        part; the others unchanged."""
+        ``gallery`` (module docstring): with the second opinion when ``fused``; the others
+        unchanged."""
         faces = looked_at.faces
-        fused = gallery.dim > self.embedder.dim  # the gallery holds the second opinion's part
         doubtful = self.doubtful(matches, fused)
         if not doubtful:
             return faces, matches

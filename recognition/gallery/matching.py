@@ -369,13 +369,13 @@ class Gallery:
         if dim == self.dim or not len(self):
             return self
         if dim not in self._first_looks:
-            part = Gallery(self.embedder, self.labels, self.embeddings[:, :dim])
             point = self._first_look_points.get(dim)
+            part = Gallery(self.embedder, self.labels, self.embeddings[:, :dim], point)
             if point is None:
                 target = self.operating_point.target_fpir
                 # A hand-set point says nothing about the part's scale: the default target.
-                point = calibrate(part, target if math.isfinite(target) else DEFAULT_TARGET_FPIR)
-            self._first_looks[dim] = Gallery(self.embedder, self.labels, part.embeddings, point)
+                part = part.calibrated(target if math.isfinite(target) else DEFAULT_TARGET_FPIR)
+            self._first_looks[dim] = part
         return self._first_looks[dim]
 
     def with_threshold(self, threshold: float) -> Gallery:

@@ -166,23 +166,23 @@ def verify_payload(
     distance threshold when one is set, else the distance at which two faces agree."""
     engine = _engine()
     threshold = AGREEMENT_DISTANCE if engine.threshold is None else engine.threshold
-    # The distance is the first network's: the one the threshold is measured in.
-    dims = engine.embedder.dim
-    faces = engine.embed_image(data)
+    # The distance is the first network's alone: the one the threshold is measured in.
+    faces = engine.embed_image(data, fused=False)
     if not faces:
         return _no_face("the first image")
-    probe = faces[0].embedding[:dims]
+    probe = faces[0].embedding
     if other is not None:
-        other_faces = engine.embed_image(other)
+        other_faces = engine.embed_image(other, fused=False)
         if not other_faces:
             return _no_face("the second image")
         # A one-sample gallery of the second face: the same rule decides as for recognition.
-        reference = Gallery(engine.embedder_name, ["image2"], other_faces[0].embedding[None, :dims])
+        reference = Gallery(engine.embedder_name, ["image2"], other_faces[0].embedding[None, :])
         match = reference.match(probe, threshold, top_k=1)[0]
         distance = match.distance
         matched = match.name != UNKNOWN
     else:
-        gallery = snapshots.load(gallery_version, engine.embedder_name).first_look(dims)
+        gallery = snapshots.load(gallery_version, engine.embedder_name)
+        gallery = gallery.first_look(engine.embedder.dim)
         # Every identity's distance, so the subject's is among them wherever it ranks.
         match = gallery.match(probe, threshold, top_k=max(1, len(gallery)))[0]
         distances = {candidate.name: candidate.distance for candidate in match.candidates}

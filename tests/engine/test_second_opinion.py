@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recognition.engine import FUSED_EMBEDDER, core
+from recognition.engine import FUSED_EMBEDDER, core, first_look_dim
 from recognition.gallery.matching import Gallery
 
 
@@ -71,6 +71,7 @@ def fused_gallery(fused_engine, five_celebrity_dir: Path) -> Gallery:
 def test_enrolment_embeds_with_both_networks(fused_engine, fused_gallery) -> None:
     assert fused_engine.embedder_name == FUSED_EMBEDDER
     dlib = fused_engine.embedder.dim
+    assert first_look_dim(FUSED_EMBEDDER) == dlib  # names.py knows it without loading a model
     assert fused_gallery.dim == dlib + fused_engine.second_opinion.dim
     # Each part is a mirror-averaged unit vector of its network, the second scaled by its weight.
     second = np.linalg.norm(fused_gallery.embeddings[:, dlib:], axis=1)

@@ -1,12 +1,16 @@
 """The worker's broker transport takes facesite's shared SQS client when the broker URL is
 facesite's own, and leaves any other broker URL to kombu; the worker asks for its next message
-as soon as it may."""
+as soon as it may; acknowledged messages are deleted in batches."""
 
 import time
+from types import SimpleNamespace
 
+import boto3
+import pytest
 from django.conf import settings
-from kombu import Connection
+from kombu import Connection, Producer
 from kombu.asynchronous import Hub
+from moto import mock_aws
 
 from facesite import aws
 from recognition.worker import broker
@@ -58,3 +62,117 @@ def test_the_worker_asks_for_its_next_message_without_the_event_loops_idle_sleep
     finally:
         connection.release()
         hub.close()
+
+
+# --- acknowledgements: deleted in batches ---------------------------------------------------------
+
+ACKS_QUEUE = "acks"
+
+
+@pytest.fixture
+def acks_channel(settings):
+    """A worker's channel on kombu's SQS transport (facesite's), consuming an in-process moto
+    queue, with the event loop a worker gives it."""
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
+        url = sqs.create_queue(QueueName=ACKS_QUEUE)["QueueUrl"]
+        connection = Connection(
+            "sqs://",
+            transport=broker.TRANSPORT,
+            transport_options={
+                "region": settings.AWS_REGION,
+                "predefined_queues": {ACKS_QUEUE: {"url": url}},
+                "wait_time_seconds": 0,
+            },
+        )
+        hub = Hub()
+        try:
+            channel = connection.default_channel
+            channel.hub = hub
+            yield SimpleNamespace(
+                channel=channel, sqs=sqs, url=url, hub=hub, calls=calls_of(channel)
+            )
+        finally:
+            connection.release()
+            hub.close()
+
+
+def calls_of(channel) -> list[str]:
+    """The names of the SQS operations the channel's client calls from now on."""
+    calls: list[str] = []
+    channel.sqs(queue=ACKS_QUEUE).meta.events.register(
+        "before-call.sqs", lambda model, **_: calls.append(model.name)
+    )
+    return calls
+
+
+def received(acks, count: int) -> list:
+    producer = Producer(acks.channel)
+    for index in range(count):
+        producer.publish({"n": index}, routing_key=ACKS_QUEUE)
+    messages = [acks.channel.basic_get(ACKS_QUEUE, no_ack=False) for _ in range(count)]
+    assert all(messages)
+    acks.calls.clear()
+    return messages
+
+
+def in_queue(acks) -> int:
+    """Messages still in the queue, delivered or not (not yet deleted)."""
+    attributes = acks.sqs.get_queue_attributes(
+        QueueUrl=acks.url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
+
+
+def test_acknowledged_messages_are_deleted_together_once_the_delay_has_passed(acks_channel):
+    acks = acks_channel
+    acks.channel.basic_qos(prefetch_count=3)
+    messages = received(acks, 3)
+    assert not acks.channel.qos.can_consume()
+    for message in messages:
+        message.ack()
+    # The slots are free at once (the worker may take its next message) but nothing is deleted.
+    assert acks.channel.qos.can_consume_max_estimate() == 3
+    assert acks.calls == [] and in_queue(acks) == 3
+
+    time.sleep(broker.ACK_DELETE_DELAY_SECONDS)
+    acks.hub.fire_timers(propagate=(Exception,))
+    assert acks.calls == ["DeleteMessageBatch"]
+    assert in_queue(acks) == 0
+
+
+def test_ten_acknowledged_messages_are_deleted_at_once(acks_channel):
+    acks = acks_channel
+    for message in received(acks, 10):
+        message.ack()
+    assert acks.calls == ["DeleteMessageBatch"]
+    assert in_queue(acks) == 0
+
+
+def test_closing_the_channel_deletes_what_was_acknowledged(acks_channel):
+    acks = acks_channel
+    received(acks, 2)[0].ack()
+    acks.channel.close()
+    # kombu then makes the message not acknowledged visible again, to be delivered again.
+    assert acks.calls == ["DeleteMessageBatch", "ChangeMessageVisibility"]
+    assert in_queue(acks) == 1
+
+
+def test_a_deletion_that_fails_is_logged_and_left_to_the_visibility_timeout(acks_channel, caplog):
+    acks = acks_channel
+    message = received(acks, 1)[0]
+    message.delivery_info["sqs_message"]["ReceiptHandle"] = "not-a-receipt-handle"
+    message.ack()
+    acks.channel.delete_acknowledged()
+    assert acks.calls == ["DeleteMessageBatch"]
+    assert "could not delete an acknowledged message" in caplog.text
+    assert in_queue(acks) == 1
+
+
+def test_without_an_event_loop_an_acknowledgement_deletes_at_once(acks_channel):
+    acks = acks_channel
+    acks.channel.hub = None
+    received(acks, 1)[0].ack()
+    assert acks.calls == ["DeleteMessageBatch"]
+    assert in_queue(acks) == 0

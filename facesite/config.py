@@ -98,8 +98,9 @@ class FacesiteConfig(BaseSettings):
     web_threads: int = Field(600, ge=1)
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger uploads get 413
     reply_timeout: Positive = 300.0  # seconds an upload waits for its result before 504
-    # Response-queue consumer threads per web process. One suffices: a receive takes up to ten
-    # results, and every further thread adds its own empty polls and smaller batches.
+    # Response-queue consumer threads per web process; the processes of one machine take turns,
+    # so each index polls once per machine. One suffices: a receive takes up to ten results, and
+    # every further thread adds its own empty polls and smaller batches.
     response_consumers: int = Field(1, ge=0)
     # Threads per web process that read the request queue's dead-letter queue and answer the
     # requests whose task no worker could complete.

@@ -1,13 +1,15 @@
 """The web tier's side of the response queue.
 
 Every gunicorn process runs consumers that long-poll the response queue in batches, complete the
-history rows and wake the requests waiting in this process. Any process may read any result:
-one read for a request waiting elsewhere is passed on, as a datagram, to the wake socket of the
-process the request's row names (`reply_to`). The datagram carries the recorded result, signed
-with the project's secret key, so that the waiting request answers without reading its row
-back; a result too large for one datagram is passed on by its request id alone. A sweeper that
-looks up, in one query, which of this process's waiting requests are complete is the backstop
-for a datagram that never arrives.
+history rows and wake the requests waiting in this process. Of the processes on one machine, one
+polls at a time (the one holding the machine's lock file; the others stand by and take over if
+its process dies), so that one receive under load carries several results. Any process may read
+any result: one read for a request waiting elsewhere is passed on, as a datagram, to the wake
+socket of the process the request's row names (`reply_to`). The datagram carries the recorded
+result, signed with the project's secret key, so that the waiting request answers without
+reading its row back; a result too large for one datagram is passed on by its request id alone.
+A sweeper that looks up, in one query, which of this process's waiting requests are complete is
+the backstop for a datagram that never arrives.
 
 Beside them, dead-letter consumers read the request queue's dead-letter queue: a task there
 was delivered FACESITE_MAX_RECEIVES times without a result, so its request is recorded as
@@ -15,11 +17,13 @@ failed (our fault) and woken the same way, instead of waiting for the reply time
 """
 
 import contextlib
+import fcntl
 import logging
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +46,9 @@ RESULT_LINGER_MAX_SECONDS = 0.2
 # queue has run dry): far inside the visibility timeout, after which SQS would hand them out
 # again (harmlessly: recording is idempotent).
 DELETE_DELAY_SECONDS = 1.0
+# How often a response consumer standing by tries to take the machine's turn to poll: how soon
+# another process takes over from one that died.
+STANDBY_RETRY_SECONDS = 0.5
 # How long a dead-letter consumer rests between receives.
 DEAD_LETTER_PAUSE_SECONDS = 2.0
 # A wake datagram carrying its result stays within this size (a request id alone otherwise):
@@ -189,26 +196,34 @@ class QueueConsumer(threading.Thread):
         """Seconds to rest after a receive that returned `received` messages."""
         return 0.0
 
+    def polling_turn(self) -> contextlib.AbstractContextManager[bool]:
+        """Entered while this consumer may poll (it gives True) or until it stops (False)."""
+        return contextlib.nullcontext(True)
+
     def run(self) -> None:
+        with self.sender, self.polling_turn() as polling:
+            if polling:
+                self.poll()
+
+    def poll(self) -> None:
         sqs = aws.client("sqs")
-        with self.sender:
-            while not self.stop.is_set():
-                try:
-                    messages = sqs.receive_message(
-                        QueueUrl=self.queue_url(),
-                        MaxNumberOfMessages=10,
-                        WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
-                    ).get("Messages", [])
-                    if messages:
-                        self.handle(messages)
-                    self.delete_recorded(queue_dry=not messages)
-                    self.stop.wait(self.pause_after(len(messages)))
-                except Exception:
-                    logger.exception("%s: receive failed; retrying in 1 s", self.name)
-                    connection.close()  # a broken database connection is opened afresh
-                    self.stop.wait(1.0)
-            with contextlib.suppress(Exception):  # what is left comes back: recorded already
-                self.delete_recorded(queue_dry=True)
+        while not self.stop.is_set():
+            try:
+                messages = sqs.receive_message(
+                    QueueUrl=self.queue_url(),
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=settings.FACESITE_SQS_WAIT_SECONDS,
+                ).get("Messages", [])
+                if messages:
+                    self.handle(messages)
+                self.delete_recorded(queue_dry=not messages)
+                self.stop.wait(self.pause_after(len(messages)))
+            except Exception:
+                logger.exception("%s: receive failed; retrying in 1 s", self.name)
+                connection.close()  # a broken database connection is opened afresh
+                self.stop.wait(1.0)
+        with contextlib.suppress(Exception):  # what is left comes back: recorded already
+            self.delete_recorded(queue_dry=True)
 
     def handle(self, messages: list[dict]) -> None:
         # One transaction, one commit, for the batch's rows; the requests are woken after it,
@@ -266,6 +281,31 @@ class ResponseConsumer(QueueConsumer):
 
     def queue_url(self) -> str:
         return aws.names().response_queue_url
+
+    @contextlib.contextmanager
+    def polling_turn(self) -> Iterator[bool]:
+        # Two consumers polling one queue split its results between their receives: with one
+        # per process, a web machine's receives carried about 1.5 results each under load and
+        # cost as much CPU as recording them. The consumers of the machine's processes hold one
+        # lock file per consumer index, so each index polls once per machine. The kernel drops
+        # a dead process's lock, and a consumer standing by takes over.
+        path = settings.VAR_DIR / f"{settings.FACESITE_PREFIX}-{self.name}.lock"
+        try:
+            lock = open(path, "a")  # noqa: SIM115 (closed below, or by the with)
+        except OSError as error:
+            logger.warning("%s: polls without a turn: cannot open %s: %s", self.name, path, error)
+            yield True
+            return
+        with lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self.stop.wait(STANDBY_RETRY_SECONDS):
+                        yield False
+                        return
+            yield True  # closing the file releases the lock
 
     def pause_after(self, received: int) -> float:
         # Under load results arrive one at a time, and a receive costs as much CPU as one of a

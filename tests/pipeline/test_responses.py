@@ -1,11 +1,17 @@
-"""How a recorded result reaches the request waiting for it, in this process or another."""
+"""How a recorded result reaches the request waiting for it, in this process or another, and
+how the response consumers of one machine take turns to poll."""
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from django.conf import settings as django_settings
 from django.core import signing
 from django.utils import timezone
 
@@ -14,6 +20,7 @@ from recognition.messages import RECOGNIZE_UPLOAD, recognised
 from recognition.models import UploadRequest
 from recognition.web import uploads
 from recognition.web.responses import (
+    STANDBY_RETRY_SECONDS,
     DeadLetterConsumer,
     ResponseConsumer,
     Sweeper,
@@ -242,3 +249,111 @@ def test_a_dead_lettered_task_fails_its_request_and_wakes_it(stop, monkeypatch, 
     assert reply.status == 500 and str(row.pk) in reply.text and "dead-letter" not in reply.text
     done.refresh_from_db()
     assert (done.status, done.name, done.error) == (UploadRequest.Status.DONE, "Bob", "")
+
+
+# --- one response consumer of a machine polls at a time -------------------------------------------
+
+
+class PollingProbe(ResponseConsumer):
+    """A response consumer that, instead of polling SQS, notes that it polls until stopped."""
+
+    def __init__(self, stop: threading.Event, polling: list) -> None:
+        super().__init__(stop)
+        self.polling = polling
+
+    def poll(self) -> None:
+        self.polling.append(self)
+        self.stop.wait()
+
+
+def eventually(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def machine_var_dir(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    return tmp_path
+
+
+def test_one_response_consumer_of_a_machine_polls_and_another_takes_over_when_it_stops(
+    machine_var_dir,
+):
+    polling: list = []
+    first = PollingProbe(threading.Event(), polling)
+    second = PollingProbe(threading.Event(), polling)
+    first.start()
+    assert eventually(lambda: polling == [first])
+    second.start()
+    time.sleep(2 * STANDBY_RETRY_SECONDS)
+    assert polling == [first]
+
+    first.stop.set()
+    first.join(5)
+    assert eventually(lambda: polling == [first, second], 2 * STANDBY_RETRY_SECONDS + 1)
+    second.stop.set()
+    second.join(5)
+    assert not second.is_alive()
+
+
+def test_a_consumer_standing_by_stops_without_polling(machine_var_dir):
+    polling: list = []
+    first = PollingProbe(threading.Event(), polling)
+    second = PollingProbe(threading.Event(), polling)
+    first.start()
+    assert eventually(lambda: polling == [first])
+    second.start()
+    second.stop.set()
+    second.join(2 * STANDBY_RETRY_SECONDS + 1)
+    assert not second.is_alive() and polling == [first]
+    first.stop.set()
+    first.join(5)
+
+
+def test_the_turn_of_a_process_that_dies_passes_to_a_consumer_standing_by(machine_var_dir):
+    path = machine_var_dir / f"{django_settings.FACESITE_PREFIX}-response-consumer.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"lock = open({str(path)!r}, 'a')\n"
+            "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    polling: list = []
+    consumer = PollingProbe(threading.Event(), polling)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        consumer.start()
+        time.sleep(2 * STANDBY_RETRY_SECONDS)
+        assert polling == []
+        holder.send_signal(signal.SIGKILL)
+        assert eventually(lambda: polling == [consumer], 2 * STANDBY_RETRY_SECONDS + 1)
+    finally:
+        holder.kill()
+        holder.wait()
+        consumer.stop.set()
+        consumer.join(5)
+
+
+def test_a_consumer_that_cannot_open_the_lock_file_polls_anyway(settings, tmp_path, caplog):
+    settings.VAR_DIR = tmp_path / "missing"
+    polling: list = []
+    consumer = PollingProbe(threading.Event(), polling)
+    consumer.start()
+    try:
+        assert eventually(lambda: polling == [consumer])
+        assert "polls without a turn" in caplog.text
+    finally:
+        consumer.stop.set()
+        consumer.join(5)

@@ -103,7 +103,7 @@ class FacesiteConfig(BaseSettings):
     # every further thread adds its own empty polls and smaller batches.
     response_consumers: int = Field(1, ge=0)
     # Threads per web process that read the request queue's dead-letter queue and answer the
-    # requests whose task no worker could complete.
+    # requests whose task no worker could complete (taking turns per machine, as above).
     dead_letter_consumers: int = Field(1, ge=0)
     # Address of each web process's wake socket (a web machine's private address when several
     # machines serve), and how often each process looks in the database for its completed

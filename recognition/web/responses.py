@@ -11,9 +11,10 @@ reading its row back; a result too large for one datagram is passed on by its re
 A sweeper that looks up, in one query, which of this process's waiting requests are complete is
 the backstop for a datagram that never arrives.
 
-Beside them, dead-letter consumers read the request queue's dead-letter queue: a task there
-was delivered FACESITE_MAX_RECEIVES times without a result, so its request is recorded as
-failed (our fault) and woken the same way, instead of waiting for the reply timeout.
+Beside them, dead-letter consumers (also one per machine at a time) read the request queue's
+dead-letter queue: a task there was delivered FACESITE_MAX_RECEIVES times without a result, so
+its request is recorded as failed (our fault) and woken the same way, instead of waiting for
+the reply timeout.
 """
 
 import contextlib
@@ -46,8 +47,8 @@ RESULT_LINGER_MAX_SECONDS = 0.2
 # queue has run dry): far inside the visibility timeout, after which SQS would hand them out
 # again (harmlessly: recording is idempotent).
 DELETE_DELAY_SECONDS = 1.0
-# How often a response consumer standing by tries to take the machine's turn to poll: how soon
-# another process takes over from one that died.
+# How often a consumer standing by tries to take the machine's turn to poll: how soon another
+# process takes over from one that died.
 STANDBY_RETRY_SECONDS = 0.5
 # How long a dead-letter consumer rests between receives.
 DEAD_LETTER_PAUSE_SECONDS = 2.0
@@ -196,9 +197,34 @@ class QueueConsumer(threading.Thread):
         """Seconds to rest after a receive that returned `received` messages."""
         return 0.0
 
-    def polling_turn(self) -> contextlib.AbstractContextManager[bool]:
-        """Entered while this consumer may poll (it gives True) or until it stops (False)."""
-        return contextlib.nullcontext(True)
+    @contextlib.contextmanager
+    def polling_turn(self) -> Iterator[bool]:
+        """Entered once this consumer holds its turn to poll (it gives True), or when it stops
+        first (False).
+
+        Two consumers polling one queue split its messages between their receives: with one per
+        process, a web machine's response receives carried about 1.5 results each under load,
+        and a receive costs as much CPU as recording what it brings. So the consumers of one
+        name in the machine's processes hold one lock file, and each name polls once per
+        machine. The kernel drops a dead process's lock, and a consumer standing by takes over.
+        """
+        path = settings.VAR_DIR / f"{settings.FACESITE_PREFIX}-{self.name}.lock"
+        try:
+            lock = open(path, "a")  # noqa: SIM115 (closed below, or by the with)
+        except OSError as error:
+            logger.warning("%s: polls without a turn: cannot open %s: %s", self.name, path, error)
+            yield True
+            return
+        with lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self.stop.wait(STANDBY_RETRY_SECONDS):
+                        yield False
+                        return
+            yield True  # closing the file releases the lock
 
     def run(self) -> None:
         with self.sender, self.polling_turn() as polling:
@@ -281,31 +307,6 @@ class ResponseConsumer(QueueConsumer):
 
     def queue_url(self) -> str:
         return aws.names().response_queue_url
-
-    @contextlib.contextmanager
-    def polling_turn(self) -> Iterator[bool]:
-        # Two consumers polling one queue split its results between their receives: with one
-        # per process, a web machine's receives carried about 1.5 results each under load and
-        # cost as much CPU as recording them. The consumers of the machine's processes hold one
-        # lock file per consumer index, so each index polls once per machine. The kernel drops
-        # a dead process's lock, and a consumer standing by takes over.
-        path = settings.VAR_DIR / f"{settings.FACESITE_PREFIX}-{self.name}.lock"
-        try:
-            lock = open(path, "a")  # noqa: SIM115 (closed below, or by the with)
-        except OSError as error:
-            logger.warning("%s: polls without a turn: cannot open %s: %s", self.name, path, error)
-            yield True
-            return
-        with lock:
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self.stop.wait(STANDBY_RETRY_SECONDS):
-                        yield False
-                        return
-            yield True  # closing the file releases the lock
 
     def pause_after(self, received: int) -> float:
         # Under load results arrive one at a time, and a receive costs as much CPU as one of a

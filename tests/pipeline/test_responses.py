@@ -357,3 +357,22 @@ def test_a_consumer_that_cannot_open_the_lock_file_polls_anyway(settings, tmp_pa
     finally:
         consumer.stop.set()
         consumer.join(5)
+
+
+def test_dead_letter_consumers_of_a_machine_take_turns_too(machine_var_dir):
+    polling: list = []
+
+    class DeadLetterProbe(DeadLetterConsumer):
+        def poll(self) -> None:
+            polling.append(self)
+            self.stop.wait()
+
+    first, second = DeadLetterProbe(threading.Event()), DeadLetterProbe(threading.Event())
+    first.start()
+    assert eventually(lambda: polling == [first])
+    second.start()
+    time.sleep(2 * STANDBY_RETRY_SECONDS)
+    assert polling == [first]
+    for consumer in (first, second):
+        consumer.stop.set()
+        consumer.join(5)

@@ -18,6 +18,10 @@ process reaped), so other jobs on the machine change the figures little, unlike 
     emulator   moto (AWS's share on AWS), shown apart
     scaler / runner  shown apart: the runner is the emulated EC2, not ours
 
+The emulator also counts the AWS calls it serves over the same window (ami/local/call_counts.py),
+and each call of a request's path is put down to the tier that makes it: unlike CPU figures,
+these counts do not move from one run to the next.
+
 Then the same images go through `recognition.engine.get_engine()` in this process, with one
 torch thread as on an instance, and the engine's CPU per image is measured (the median of three
 passes). The figure the issue asks for is (web + workers - engine) / engine: facesite's own CPU
@@ -35,12 +39,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import requests
 
+from ami.local.call_counts import COUNTS_PATH
 from ami.local.harness import (
     COURSE_DIR,
     Stack,
@@ -50,6 +57,7 @@ from ami.local.harness import (
     upload,
     wait_until,
 )
+from facesite.aws.names import Names
 
 SET_NAME = "1000"
 # Before the load, each tier's CPU is also measured at rest for this long: what it spends per
@@ -134,6 +142,34 @@ def snapshot(processes: dict[str, psutil.Process]) -> TierCpu:
     )
 
 
+def emulator_calls(stack: Stack) -> Counter[str]:
+    """The calls the stack's emulator has served so far, by call name."""
+    return Counter(requests.get(stack.moto.endpoint + COUNTS_PATH, timeout=10).json())
+
+
+def request_path_tiers(names: Names) -> dict[str, str]:
+    """The tier that makes each call of a request's path, by the name the emulator counts it
+    under; other calls (the scaler's, the runner's, self-stop's, gallery snapshots) are none."""
+    web = [
+        f"s3 PUT {names.input_bucket}",
+        f"sqs SendMessage {names.request_queue}",
+        *(
+            f"sqs {operation} {queue}"
+            for operation in ("ReceiveMessage", "DeleteMessageBatch")
+            for queue in (names.response_queue, names.request_dead_letter_queue)
+        ),
+    ]
+    workers = [
+        f"sqs ReceiveMessage {names.request_queue}",
+        f"sqs DeleteMessage {names.request_queue}",
+        f"sqs DeleteMessageBatch {names.request_queue}",
+        f"s3 GET {names.input_bucket}",
+        f"s3 PUT {names.output_bucket}",
+        f"sqs SendMessage {names.response_queue}",
+    ]
+    return dict.fromkeys(web, "web") | dict.fromkeys(workers, "workers")
+
+
 def course_images(count: int) -> list[Path]:
     return sorted((COURSE_DIR / f"face_images_{SET_NAME}").glob("*.jpg"))[:count]
 
@@ -177,7 +213,9 @@ def stop_profilers(profilers: list[subprocess.Popen]) -> None:
 
 def run_load(
     stack: Stack, images: list[Path], concurrency: int, profile_dir: Path | None = None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Counter[str]]:
+    """The CPU figures of the load's window (and of rest before it), and the AWS calls the
+    emulator served in that window."""
     labels = course_labels(COURSE_DIR, SET_NAME)
     processes = tier_processes(stack)
     wait_until(lambda: stack.app_tier_states()["running"] == 0, 60, "an idle fleet")
@@ -189,6 +227,7 @@ def run_load(
     }
     profilers = start_profilers(processes, profile_dir) if profile_dir else []
     before = snapshot(processes)
+    calls_before = emulator_calls(stack)
     window_started = time.monotonic()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -198,19 +237,21 @@ def run_load(
     # Stopped workers finish their warm shutdown and are reaped by the runner.
     time.sleep(2.0)
     spent = snapshot(processes).minus(before)
+    calls = emulator_calls(stack) - calls_before
     window_seconds = time.monotonic() - window_started
     stop_profilers(profilers)
     correct = sum(
         reply.status_code == 200 and reply.text == f"{path.stem}:{labels[path.stem]}"
         for reply, path in zip(replies, images, strict=True)
     )
-    return {
+    figures = {
         "correct": correct,
         "load seconds": load_seconds,
         "window seconds": window_seconds,
         **spent,
         **idle,
     }
+    return figures, calls
 
 
 def engine_cpu_per_image(images: list[Path], gallery_dir: Path) -> float:
@@ -249,12 +290,16 @@ def main() -> None:
 
     images = course_images(options.requests)
     load_average = os.getloadavg()
-    with scratch_stack(FACESITE_MAX_INSTANCES=str(options.instances)) as (stack, work):
+    with scratch_stack(
+        emulator_env={"FACESITE_EMULATOR_COUNT_CALLS": "1"},
+        FACESITE_MAX_INSTANCES=str(options.instances),
+    ) as (stack, work):
         gallery_dir = make_course_gallery(COURSE_DIR, work / "gallery")
         stack.deploy(gallery_dir)
         stack.start_web(processes=2, with_front=True)
         stack.start_elastic_tier()
-        figures = run_load(stack, images, options.concurrency, options.profile)
+        figures, calls = run_load(stack, images, options.concurrency, options.profile)
+        tiers = request_path_tiers(stack.names)
         engine_seconds = engine_cpu_per_image(images, gallery_dir)
 
     count = len(images)
@@ -288,6 +333,18 @@ def main() -> None:
         f"{figures['idle scaler'] * 1000:.0f}"
     )
     print(f"ratio (web + workers - engine) / engine: {ratio:.2f}")
+    print_calls(calls, tiers, count)
+
+
+def print_calls(calls: Counter[str], tiers: dict[str, str], count: int) -> None:
+    print("AWS calls per request, counted by the emulator over the same window")
+    for tier in ("web", "workers", None):
+        mine = {name: n for name, n in calls.items() if tiers.get(name) == tier}
+        label = tier or "other (scaler, runner, self-stop, gallery)"
+        print(f"{label:<44}{sum(mine.values()) / count:>8.2f}")
+        if tier:
+            for name, n in sorted(mine.items(), key=lambda item: -item[1]):
+                print(f"  {name:<42}{n / count:>8.2f}")
 
 
 if __name__ == "__main__":

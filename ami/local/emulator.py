@@ -54,7 +54,8 @@ stack sees the emulator stop. No request timeout either: a long poll holds its r
 None of these changes what the emulated services answer, but for a second delete of an SQS
 message after its handle expired: refused, as SQS may refuse it. `command()` starts it. With
 `FACESITE_EMULATOR_REALISM=aws` it also answers with AWS's timing and eventual consistency
-(ami/local/realism.py).
+(ami/local/realism.py); with `FACESITE_EMULATOR_COUNT_CALLS=1` it counts the calls it serves
+(ami/local/call_counts.py).
 """
 
 import argparse
@@ -84,6 +85,7 @@ from moto.sqs.exceptions import InvalidAttributeName
 from moto.sqs.models import Message, SQSBackend
 
 from ami.local import compact_s3, sqs_handles
+from ami.local.call_counts import CallCounter
 from ami.local.disk_bodies import DiskBodies
 from facesite import memory
 
@@ -252,7 +254,7 @@ class EmulatorServer(BaseApplication):
         for name, value in server_settings(self.host, self.port).items():
             self.cfg.set(name, value)
 
-    def load(self) -> DomainDispatcherApplication:
+    def load(self) -> DomainDispatcherApplication | CallCounter:
         """Set up the serving worker, after gunicorn forked it: the patches, its threads (the
         memory tracer's, realism's) and its S3 bodies folder are this process's."""
         memory.limit_malloc_arenas()
@@ -261,7 +263,10 @@ class EmulatorServer(BaseApplication):
         install_realism()
         bodies_dir = tempfile.mkdtemp(prefix=f"{BODIES_PREFIX}{os.getpid()}-")
         install_memory_bounds(Path(bodies_dir))
-        return DomainDispatcherApplication(create_backend_app)
+        app = DomainDispatcherApplication(create_backend_app)
+        if os.environ.get("FACESITE_EMULATOR_COUNT_CALLS") == "1":
+            return CallCounter(app)
+        return app
 
 
 def main(argv: list[str] | None = None) -> None:

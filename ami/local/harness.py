@@ -83,6 +83,16 @@ class MotoServer:
         except requests.RequestException:
             return False
 
+    def client(self, service: str):
+        """A boto3 client of this emulator."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="facesite-test",
+            aws_secret_access_key="facesite-test",
+        )
+
     def stop(self) -> None:
         stop_services([self.service])
 
@@ -119,13 +129,7 @@ class Stack:
     # --- AWS as the tests see it --------------------------------------------------------------
 
     def client(self, service: str):
-        return boto3.client(
-            service,
-            endpoint_url=self.moto.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="facesite-test",
-            aws_secret_access_key="facesite-test",
-        )
+        return self.moto.client(service)
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
@@ -334,11 +338,14 @@ def upload(
 
 
 @contextlib.contextmanager
-def scratch_stack(**settings: str) -> Iterator[tuple[Stack, Path]]:
-    """A stack on its own emulator in a scratch folder, for the benchmarks; stopped at exit."""
+def scratch_stack(
+    emulator_env: dict[str, str] | None = None, **settings: str
+) -> Iterator[tuple[Stack, Path]]:
+    """A stack on its own emulator (configured by `emulator_env`) in a scratch folder, for the
+    benchmarks; stopped at exit."""
     with tempfile.TemporaryDirectory(prefix="facesite-bench-") as scratch:
         work = Path(scratch)
-        moto = MotoServer(work)
+        moto = MotoServer(work, env=emulator_env)
         stack = Stack(moto, work, **settings)
         try:
             yield stack, work

@@ -281,15 +281,20 @@ def machine_var_dir(settings, tmp_path):
     return tmp_path
 
 
-def test_one_response_consumer_of_a_machine_polls_and_another_takes_over_when_it_stops(
-    machine_var_dir,
-):
+def one_polling_one_standing_by(probe: type) -> tuple[list, PollingProbe, PollingProbe]:
+    """Two consumers of one name started one after the other: the first polls."""
     polling: list = []
-    first = PollingProbe(threading.Event(), polling)
-    second = PollingProbe(threading.Event(), polling)
+    first, second = probe(threading.Event(), polling), probe(threading.Event(), polling)
     first.start()
     assert eventually(lambda: polling == [first])
     second.start()
+    return polling, first, second
+
+
+def test_one_response_consumer_of_a_machine_polls_and_another_takes_over_when_it_stops(
+    machine_var_dir,
+):
+    polling, first, second = one_polling_one_standing_by(PollingProbe)
     time.sleep(2 * STANDBY_RETRY_SECONDS)
     assert polling == [first]
 
@@ -302,12 +307,7 @@ def test_one_response_consumer_of_a_machine_polls_and_another_takes_over_when_it
 
 
 def test_a_consumer_standing_by_stops_without_polling(machine_var_dir):
-    polling: list = []
-    first = PollingProbe(threading.Event(), polling)
-    second = PollingProbe(threading.Event(), polling)
-    first.start()
-    assert eventually(lambda: polling == [first])
-    second.start()
+    polling, first, second = one_polling_one_standing_by(PollingProbe)
     second.stop.set()
     second.join(2 * STANDBY_RETRY_SECONDS + 1)
     assert not second.is_alive() and polling == [first]
@@ -359,18 +359,18 @@ def test_a_consumer_that_cannot_open_the_lock_file_polls_anyway(settings, tmp_pa
         consumer.join(5)
 
 
+class DeadLetterProbe(DeadLetterConsumer):
+    """A dead-letter consumer that notes that it polls until stopped."""
+
+    def __init__(self, stop: threading.Event, polling: list) -> None:
+        super().__init__(stop)
+        self.polling = polling
+
+    poll = PollingProbe.poll
+
+
 def test_dead_letter_consumers_of_a_machine_take_turns_too(machine_var_dir):
-    polling: list = []
-
-    class DeadLetterProbe(DeadLetterConsumer):
-        def poll(self) -> None:
-            polling.append(self)
-            self.stop.wait()
-
-    first, second = DeadLetterProbe(threading.Event()), DeadLetterProbe(threading.Event())
-    first.start()
-    assert eventually(lambda: polling == [first])
-    second.start()
+    polling, first, second = one_polling_one_standing_by(DeadLetterProbe)
     time.sleep(2 * STANDBY_RETRY_SECONDS)
     assert polling == [first]
     for consumer in (first, second):

@@ -299,7 +299,7 @@ def main() -> None:
         stack.start_web(processes=2, with_front=True)
         stack.start_elastic_tier()
         figures, calls = run_load(stack, images, options.concurrency, options.profile)
-        tiers = request_path_tiers(stack.names)
+        tiers, prefix = request_path_tiers(stack.names), stack.prefix
         engine_seconds = engine_cpu_per_image(images, gallery_dir)
 
     count = len(images)
@@ -333,10 +333,10 @@ def main() -> None:
         f"{figures['idle scaler'] * 1000:.0f}"
     )
     print(f"ratio (web + workers - engine) / engine: {ratio:.2f}")
-    print_calls(calls, tiers, count)
+    print_calls(calls, tiers, count, prefix)
 
 
-def print_calls(calls: Counter[str], tiers: dict[str, str], count: int) -> None:
+def print_calls(calls: Counter[str], tiers: dict[str, str], count: int, prefix: str) -> None:
     print("AWS calls per request, counted by the emulator over the same window")
     for tier in ("web", "workers", None):
         mine = {name: n for name, n in calls.items() if tiers.get(name) == tier}
@@ -344,7 +344,7 @@ def print_calls(calls: Counter[str], tiers: dict[str, str], count: int) -> None:
         print(f"{label:<44}{sum(mine.values()) / count:>8.2f}")
         if tier:
             for name, n in sorted(mine.items(), key=lambda item: -item[1]):
-                print(f"  {name:<42}{n / count:>8.2f}")
+                print(f"  {name.replace(f' {prefix}-', ' '):<42}{n / count:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def call_name(environ: dict[str, Any]) -> str:
             queue_url = json.loads(body or b"{}").get("QueueUrl", "")
         except (ValueError, AttributeError):
             queue_url = ""
+        if not isinstance(queue_url, str):  # moto answers that call's error itself
+            queue_url = ""
         return " ".join(filter(None, (service, operation, queue_url.rsplit("/", 1)[-1])))
     fields = parse_qs(environ.get("QUERY_STRING", "")) | parse_qs(body.decode("latin-1"))
     return " ".join(filter(None, (service, fields.get("Action", [""])[0])))

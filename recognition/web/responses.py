@@ -20,13 +20,15 @@ the reply timeout.
 import contextlib
 import fcntl
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from django.conf import settings
 from django.core import signing
@@ -50,6 +52,10 @@ DELETE_DELAY_SECONDS = 1.0
 # How often a consumer standing by tries to take the machine's turn to poll: how soon another
 # process takes over from one that died.
 STANDBY_RETRY_SECONDS = 0.5
+# A consumer holding the turn marks its progress every round (a receive waits at most 20 s, and
+# botocore gives up on one after 30 s): one that has not for this long is taken to be stuck, and
+# the consumers standing by poll as well.
+STALLED_TURN_SECONDS = 60.0
 # How long a dead-letter consumer rests between receives.
 DEAD_LETTER_PAUSE_SECONDS = 2.0
 # A wake datagram carrying its result stays within this size (a request id alone otherwise):
@@ -182,6 +188,8 @@ class QueueConsumer(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.stop = stop
         self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # The lock file of the machine's turn to poll, while this consumer holds it.
+        self.turn: IO[str] | None = None
         # Receipt handles of messages recorded but not yet deleted, and when the first came.
         self.recorded: list[str] = []
         self.recorded_since = 0.0
@@ -207,6 +215,11 @@ class QueueConsumer(threading.Thread):
         and a receive costs as much CPU as recording what it brings. So the consumers of one
         name in the machine's processes hold one lock file, and each name polls once per
         machine. The kernel drops a dead process's lock, and a consumer standing by takes over.
+        A holder that lives but is stuck (on a hung database call, say) would hold every result
+        of the machine, so the holder marks the file at each round (`mark_progress`), and a
+        consumer standing by that sees no mark for STALLED_TURN_SECONDS polls as well, as every
+        process did before turns. A lock that cannot be taken for another reason is logged,
+        and the consumer polls anyway.
         """
         path = settings.VAR_DIR / f"{settings.FACESITE_PREFIX}-{self.name}.lock"
         try:
@@ -216,15 +229,43 @@ class QueueConsumer(threading.Thread):
             yield True
             return
         with lock:
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self.stop.wait(STANDBY_RETRY_SECONDS):
-                        yield False
-                        return
-            yield True  # closing the file releases the lock
+            while not self.take_turn(lock, path):
+                if self.stop.wait(STANDBY_RETRY_SECONDS):
+                    yield False
+                    return
+            try:
+                yield True
+            finally:
+                self.turn = None  # closing the file releases the lock
+
+    def take_turn(self, lock: IO[str], path: Path) -> bool:
+        """Whether this consumer may poll now: it holds the lock, the holder is stuck, or the
+        lock cannot be taken at all."""
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stalled = time.time() - os.fstat(lock.fileno()).st_mtime
+            if stalled < STALLED_TURN_SECONDS:
+                return False
+            logger.warning(
+                "%s: the consumer holding %s has made no progress for %.0f s: polling as well",
+                self.name,
+                path,
+                stalled,
+            )
+            return True
+        except OSError as error:
+            logger.warning("%s: polls without a turn: cannot lock %s: %s", self.name, path, error)
+            return True
+        self.turn = lock
+        self.mark_progress()
+        return True
+
+    def mark_progress(self) -> None:
+        """Tell the consumers standing by that the holder of the turn is not stuck."""
+        if self.turn is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.turn.fileno())
 
     def run(self) -> None:
         with self.sender, self.polling_turn() as polling:
@@ -234,6 +275,7 @@ class QueueConsumer(threading.Thread):
     def poll(self) -> None:
         sqs = aws.client("sqs")
         while not self.stop.is_set():
+            self.mark_progress()
             try:
                 messages = sqs.receive_message(
                     QueueUrl=self.queue_url(),

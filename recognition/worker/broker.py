@@ -15,7 +15,8 @@ up, and its deletion waits, ACK_DELETE_DELAY_SECONDS at most or until ten are wa
 one DeleteMessageBatch. A worker that dies in between has deleted nothing: SQS delivers those
 messages again after the visibility timeout, the task runs again with the same outputs and the
 web tier ignores the second result, as for any redelivery. Receiving and everything else stay
-kombu's.
+kombu's. Acknowledging, the timer and closing all run on the event loop's thread (the worker's
+pool is solo), so the pending deletions need no lock.
 """
 
 import logging
@@ -51,7 +52,7 @@ class Channel(SQS.Channel):
         super().__init__(*args, **kwargs)
         # Receipt handles of acknowledged messages not yet deleted, by (queue name, queue URL).
         self._acknowledged: dict[tuple[str | None, str], list[str]] = {}
-        self._deletion_due = False
+        self._deletion_timer: Any = None  # the event loop's timer entry, once one is due
 
     def new_sqs_client(
         self,
@@ -79,15 +80,18 @@ class Channel(SQS.Channel):
         handles.append(receipt_handle)
         if len(handles) >= MAX_BATCH_ENTRIES or self.hub is None:
             self.delete_acknowledged()
-        elif not self._deletion_due:
-            self._deletion_due = True
-            self.hub.call_later(ACK_DELETE_DELAY_SECONDS, self.delete_acknowledged)
+        elif self._deletion_timer is None:
+            self._deletion_timer = self.hub.call_later(
+                ACK_DELETE_DELAY_SECONDS, self.delete_acknowledged
+            )
 
     def delete_acknowledged(self) -> None:
         """Delete every acknowledged message, ten to a DeleteMessageBatch. One that fails to be
         deleted is delivered again after the visibility timeout, so failures are logged, not
         raised (this runs from the event loop's timer)."""
-        self._deletion_due = False
+        if self._deletion_timer is not None:
+            self._deletion_timer.cancel()  # when ten went first: the next ack starts a new wait
+            self._deletion_timer = None
         acknowledged, self._acknowledged = self._acknowledged, {}
         for (queue, queue_url), handles in acknowledged.items():
             for start in range(0, len(handles), MAX_BATCH_ENTRIES):

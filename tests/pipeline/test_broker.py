@@ -176,3 +176,17 @@ def test_without_an_event_loop_an_acknowledgement_deletes_at_once(acks_channel):
     received(acks, 1)[0].ack()
     assert acks.calls == ["DeleteMessageBatch"]
     assert in_queue(acks) == 0
+
+
+def test_a_deletion_of_ten_cancels_the_wait_and_the_next_acknowledgement_starts_a_new_one(
+    acks_channel,
+):
+    acks = acks_channel
+    messages = received(acks, 11)
+    for message in messages[:10]:
+        message.ack()
+    assert acks.calls == ["DeleteMessageBatch"]
+    assert [entry for entry in acks.hub.timer.queue if not entry[2].canceled] == []
+    messages[10].ack()
+    waiting = [entry for entry in acks.hub.timer.queue if not entry[2].canceled]
+    assert len(waiting) == 1 and acks.calls == ["DeleteMessageBatch"]

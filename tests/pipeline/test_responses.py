@@ -376,3 +376,38 @@ def test_dead_letter_consumers_of_a_machine_take_turns_too(machine_var_dir):
     for consumer in (first, second):
         consumer.stop.set()
         consumer.join(5)
+
+
+class ProgressingProbe(PollingProbe):
+    """A consumer that holds its turn and marks its progress every 0.1 s, as poll() does."""
+
+    def poll(self) -> None:
+        self.polling.append(self)
+        while not self.stop.wait(0.1):
+            self.mark_progress()
+
+
+def test_consumers_standing_by_poll_as_well_when_the_holder_makes_no_progress(
+    machine_var_dir, monkeypatch, caplog
+):
+    monkeypatch.setattr("recognition.web.responses.STALLED_TURN_SECONDS", 0.3)
+    polling, first, second = one_polling_one_standing_by(PollingProbe)  # `first` never marks
+    try:
+        assert eventually(lambda: polling == [first, second], 2 * STANDBY_RETRY_SECONDS + 1)
+        assert "has made no progress" in caplog.text
+    finally:
+        for consumer in (first, second):
+            consumer.stop.set()
+            consumer.join(5)
+
+
+def test_a_holder_that_marks_its_progress_keeps_its_turn(machine_var_dir, monkeypatch):
+    monkeypatch.setattr("recognition.web.responses.STALLED_TURN_SECONDS", 0.3)
+    polling, first, second = one_polling_one_standing_by(ProgressingProbe)
+    try:
+        time.sleep(3 * STANDBY_RETRY_SECONDS)
+        assert polling == [first]
+    finally:
+        for consumer in (first, second):
+            consumer.stop.set()
+            consumer.join(5)

@@ -28,6 +28,7 @@ from typing import Any
 
 import boto3
 import requests
+from botocore.config import Config
 
 from ami.local import emulator, front
 from ami.local.supervisor import Service, stop_services
@@ -83,14 +84,15 @@ class MotoServer:
         except requests.RequestException:
             return False
 
-    def client(self, service: str):
-        """A boto3 client of this emulator."""
+    def client(self, service: str, config: Config | None = None):
+        """A boto3 client of this emulator (botocore's `config`, retries say, when given)."""
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id="facesite-test",
             aws_secret_access_key="facesite-test",
+            config=config,
         )
 
     def stop(self) -> None:

@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -40,13 +39,8 @@ def realistic(tmp_path_factory):
 
 def client(server: MotoServer, service: str, attempts: int = 6):
     """A boto3 client of `server`; `attempts` counts the first call and its retries."""
-    return boto3.client(
-        service,
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="realism",
-        aws_secret_access_key="realism",
-        config=Config(retries={"mode": "standard", "total_max_attempts": attempts}),
+    return server.client(
+        service, Config(retries={"mode": "standard", "total_max_attempts": attempts})
     )
 
 

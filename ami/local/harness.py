@@ -98,6 +98,12 @@ class MotoServer:
     def stop(self) -> None:
         stop_services([self.service])
 
+    def __enter__(self) -> MotoServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 class Stack:
     """One facesite deployment (prefix + database) on a shared moto server."""

@@ -155,8 +155,7 @@ def test_repeated_calls_keep_the_transition_under_way(realistic):
 def test_filters_skip_a_hidden_instance(tmp_path):
     # At AWS's own scale: a tenth of it hides a new instance for as little as 0.14 s, and on a
     # loaded machine the describe that follows the launch can come later than that.
-    server = MotoServer(tmp_path, env=realistic_env(scale=1.0))
-    try:
+    with MotoServer(tmp_path, env=realistic_env(scale=1.0)) as server:
         ec2 = client(server, "ec2")
         marker = uuid.uuid4().hex
         tags = [{"ResourceType": "instance", "Tags": [{"Key": "m", "Value": marker}]}]
@@ -164,8 +163,6 @@ def test_filters_skip_a_hidden_instance(tmp_path):
         by_tag = [{"Name": "tag:m", "Values": [marker]}]
         assert ec2.describe_instances(Filters=by_tag)["Reservations"] == []
         wait_until(lambda: ec2.describe_instances(Filters=by_tag)["Reservations"], 10, "visible")
-    finally:
-        server.stop()
 
 
 def test_sqs_counts_lag_the_queue(realistic):
@@ -216,8 +213,7 @@ def test_a_new_instance_profile_is_refused_for_a_while(realistic):
 
 
 def test_ec2_calls_are_throttled_at_the_configured_rate(tmp_path):
-    server = MotoServer(tmp_path, env=realistic_env(throttle_rate=0.5))
-    try:
+    with MotoServer(tmp_path, env=realistic_env(throttle_rate=0.5)) as server:
         ec2 = client(server, "ec2", attempts=1)  # no retries: see every refusal
         refused = 0
         for _ in range(60):
@@ -233,8 +229,6 @@ def test_ec2_calls_are_throttled_at_the_configured_rate(tmp_path):
         for _ in range(3):
             patient.describe_instances()
         print(f"3 calls at a 50% throttle rate took {time.monotonic() - started:.1f} s")
-    finally:
-        server.stop()
 
 
 # --- what runs against it -------------------------------------------------------------------------

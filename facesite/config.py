@@ -217,6 +217,9 @@ class FacesiteConfig(BaseSettings):
     # Seconds SQS's approximate counts lag the truth ("aws" mode, before the time scale);
     # unset = the emulator's AWS-like default.
     emulator_sqs_count_lag: NonNegative | None = None
+    # Seeds the emulator's random choices ("aws" mode: delay jitter, which EC2 calls are
+    # throttled), so that calls made one after another are answered alike on every run.
+    emulator_seed: int | None = None
 
     # --- profiling (facesite/memory.py) --------------------------------------------------------
     # A folder: the emulator and every web process trace their Python allocations and write what

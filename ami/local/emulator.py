@@ -197,6 +197,7 @@ def install_realism() -> None:
                 settings.emulator_time_scale,
                 settings.emulator_throttle_rate,
                 settings.emulator_sqs_count_lag,
+                settings.emulator_seed,
             )
         )
 

@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -69,19 +69,32 @@ class Realism:
     delays: Delays
     throttle_rate: float  # share of EC2 calls answered with RequestLimitExceeded
     jitter: float = JITTER
+    # Every random choice (jitter, which calls are throttled) comes from here: seeded, a run of
+    # calls made one after another is answered the same way every time.
+    rng: random.Random = field(default_factory=random.Random)
 
     def vary(self, seconds: float) -> float:
-        return seconds * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return seconds * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def throttles(self) -> bool:
+        """Whether to refuse this EC2 call."""
+        return self.rng.random() < self.throttle_rate
 
 
 def configured(
-    time_scale: float, throttle_rate: float, sqs_count_lag: float | None = None
+    time_scale: float,
+    throttle_rate: float,
+    sqs_count_lag: float | None = None,
+    seed: int | None = None,
 ) -> Realism:
-    """AWS's defaults scaled by `time_scale`; the SQS lag, when given, is also scaled."""
+    """AWS's defaults scaled by `time_scale`; the SQS lag, when given, is also scaled. `seed`
+    fixes the random choices (unset: different every run)."""
     delays = Delays()
     if sqs_count_lag is not None:
         delays = replace(delays, sqs_count_lag=sqs_count_lag)
-    return Realism(delays=delays.scaled(time_scale), throttle_rate=throttle_rate)
+    return Realism(
+        delays=delays.scaled(time_scale), throttle_rate=throttle_rate, rng=random.Random(seed)
+    )
 
 
 # --- instances: a state that moves on by itself ---------------------------------------------------
@@ -345,7 +358,7 @@ def _install_throttling(realism: Realism) -> None:
     # Nearly every EC2 action calls error_on_dryrun first, inside moto's error handling: an
     # error raised here is answered as EC2 answers it.
     def error_on_dryrun(self: Any) -> None:
-        if random.random() < realism.throttle_rate:
+        if realism.throttles():
             raise _ec2_error("RequestLimitExceeded", "Request limit exceeded.")
         original(self)
 

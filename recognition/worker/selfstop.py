@@ -58,7 +58,7 @@ def mark_idle(**_: object) -> None:
 
 
 def idle_for() -> float:
-    """Seconds since the last task ended (or the process started); 0 while a task runs."""
+    """Seconds since the last task ended (or the worker became ready); 0 while a task runs."""
     return 0.0 if _busy.is_set() else time.monotonic() - _idle_since
 
 
@@ -168,6 +168,9 @@ def self_stop_loop(instance: Callable[[], str], interval: float, idle_after: flo
                 failures = 0
                 pause = min(pause * 2, BUSY_QUEUE_RECHECK_MAX_SECONDS)
                 continue
+            if idle_for() < idle_after:
+                pause = interval  # a task began while the queue was read: it is not idle
+                continue
             stopping = instance()
             if not stopping:
                 raise LookupError("this worker's instance id is not known yet")
@@ -193,6 +196,12 @@ def self_stop_loop(instance: Callable[[], str], interval: float, idle_after: flo
 def start_self_stop(**_: object) -> None:
     if not instance_id() and not instance_id.pending:
         return  # not on an app-tier instance: a worker started by hand
+    # Idle from now, not from the import: the local runner imports this module once and forks
+    # workers from it much later, and a worker that booted slowly has not been idle either.
+    # Counted from the import, a worker just started into a burst whose messages SQS's lagging
+    # counts do not show yet stopped its instance before its first task, and the scaler had to
+    # start it again, late (seen once in CI: an instance running after the fleet reached zero).
+    mark_idle()
     thread = threading.Thread(
         target=self_stop_loop,
         args=(instance_id, settings.FACESITE_SELF_STOP_INTERVAL, settings.FACESITE_SELF_STOP_IDLE),

@@ -80,6 +80,31 @@ def test_a_task_resets_the_pace_and_a_busy_worker_never_asks(monkeypatch, ec2):
     assert ec2.stopped == []
 
 
+def test_a_task_begun_while_the_queue_is_read_keeps_the_instance(monkeypatch, ec2):
+    idle = iter([10.0, 0.0, 0.0])  # idle at the check; a task by the time the answer came
+    pauses = run_loop(monkeypatch, rounds=2, queue_empty=lambda: True, idle_for=lambda: next(idle))
+    assert ec2.stopped == []
+    assert pauses == [0.25, 0.25, 0.25]
+
+
+def test_a_worker_is_idle_from_when_it_is_ready_not_from_its_import(monkeypatch):
+    started = []
+
+    class RecordedThread:
+        def __init__(self, target, **_):
+            self.target = target
+
+        def start(self):
+            started.append(self.target)
+
+    monkeypatch.setattr(worker, "instance_id", lambda: "i-123")
+    monkeypatch.setattr(worker.threading, "Thread", RecordedThread)
+    monkeypatch.setattr(worker, "_idle_since", worker.time.monotonic() - 3600)  # forked late
+    worker.start_self_stop()
+    assert started == [worker.self_stop_loop]
+    assert worker.idle_for() < 1
+
+
 def test_failed_checks_back_off_exponentially_up_to_the_cap(monkeypatch, ec2, caplog):
     pauses = run_loop(monkeypatch, rounds=14, queue_empty=sqs_denied)
     assert ec2.stopped == []

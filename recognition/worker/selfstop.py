@@ -198,9 +198,9 @@ def start_self_stop(**_: object) -> None:
         return  # not on an app-tier instance: a worker started by hand
     # Idle from now, not from the import: the local runner imports this module once and forks
     # workers from it much later, and a worker that booted slowly has not been idle either.
-    # Counted from the import, a worker just started into a burst whose messages SQS's lagging
-    # counts do not show yet stopped its instance before its first task, and the scaler had to
-    # start it again, late (seen once in CI: an instance running after the fleet reached zero).
+    # Counted from the import, a worker forked into a burst whose messages SQS's lagging counts
+    # did not show yet stopped its instance before its first task, and the scaler had to start
+    # it again.
     mark_idle()
     thread = threading.Thread(
         target=self_stop_loop,

@@ -220,6 +220,9 @@ class FacesiteConfig(BaseSettings):
     # Seeds the emulator's random choices ("aws" mode: delay jitter, which EC2 calls are
     # throttled), so that calls made one after another are answered alike on every run.
     emulator_seed: int | None = None
+    # The emulator counts the calls it serves and answers them at ami/local/call_counts.py's
+    # COUNTS_PATH (bench.overhead reads them).
+    emulator_count_calls: bool = False
 
     # --- profiling (facesite/memory.py) --------------------------------------------------------
     # A folder: the emulator and every web process trace their Python allocations and write what
@@ -235,6 +238,7 @@ class FacesiteConfig(BaseSettings):
 
     @field_validator(
         "emulator_sqs_count_lag",
+        "emulator_seed",
         "aws_account_id",
         "bucket_suffix",
         "admin_password",

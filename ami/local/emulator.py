@@ -67,7 +67,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import flask.debughelpers
@@ -88,6 +88,9 @@ from ami.local import compact_s3, sqs_handles
 from ami.local.call_counts import CallCounter
 from ami.local.disk_bodies import DiskBodies
 from facesite import memory
+
+if TYPE_CHECKING:
+    from facesite.config import FacesiteConfig
 
 
 def unix_time(dt: datetime | None = None) -> float:
@@ -184,12 +187,10 @@ def command(port: int) -> list[str]:
     return [sys.executable, "-m", "ami.local.emulator", "-H", "127.0.0.1", "-p", str(port)]
 
 
-def install_realism() -> None:
+def install_realism(settings: "FacesiteConfig") -> None:
     """AWS's timing, when the configuration asks for it (FACESITE_EMULATOR_REALISM=aws)."""
     from ami.local import realism
-    from facesite import config
 
-    settings = config.load()
     if settings.emulator_realism == "aws":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         realism.install(
@@ -258,14 +259,17 @@ class EmulatorServer(BaseApplication):
     def load(self) -> DomainDispatcherApplication | CallCounter:
         """Set up the serving worker, after gunicorn forked it: the patches, its threads (the
         memory tracer's, realism's) and its S3 bodies folder are this process's."""
+        from facesite import config
+
+        settings = config.load()
         memory.limit_malloc_arenas()
         memory.start_tracing("emulator")
         install_speedups()
-        install_realism()
+        install_realism(settings)
         bodies_dir = tempfile.mkdtemp(prefix=f"{BODIES_PREFIX}{os.getpid()}-")
         install_memory_bounds(Path(bodies_dir))
         app = DomainDispatcherApplication(create_backend_app)
-        if os.environ.get("FACESITE_EMULATOR_COUNT_CALLS") == "1":
+        if settings.emulator_count_calls:
             return CallCounter(app)
         return app
 

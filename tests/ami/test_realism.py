@@ -23,12 +23,14 @@ SCALE = 0.1
 SCALED = Delays().scaled(SCALE)
 
 
-def realistic_env(throttle_rate: float = 0.0, scale: float = SCALE, **more: str) -> dict[str, str]:
+def realistic_env(
+    throttle_rate: float = 0.0, scale: float = SCALE, seed: int | None = None
+) -> dict[str, str]:
     return {
         "FACESITE_EMULATOR_REALISM": "aws",
         "FACESITE_EMULATOR_TIME_SCALE": str(scale),
         "FACESITE_EMULATOR_THROTTLE_RATE": str(throttle_rate),
-        **more,
+        "FACESITE_EMULATOR_SEED": "" if seed is None else str(seed),
     }
 
 
@@ -229,8 +231,7 @@ def test_ec2_calls_are_throttled_at_the_configured_rate(tmp_path):
     # Seeded: at this rate 9 attempts all fail once in 512 calls, which a test must not leave
     # to chance (it did once, in CI). The calls below run one after another, so the seed fixes
     # which of them are refused.
-    env = realistic_env(throttle_rate=0.5, FACESITE_EMULATOR_SEED="14")
-    with MotoServer(tmp_path, env=env) as server:
+    with MotoServer(tmp_path, env=realistic_env(throttle_rate=0.5, seed=14)) as server:
         ec2 = client(server, "ec2", attempts=1)  # no retries: see every refusal
         refused = 0
         for _ in range(60):
